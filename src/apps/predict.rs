@@ -1,0 +1,131 @@
+//! `--mode=predict`: output_schema columns then append_cols for every input row, no header.
+
+use super::evaluate::{argmax, check_sequence_length};
+use super::format::{numpy_f32, python_str_repr};
+use super::text::encode_rows;
+use crate::cli::config::RunConfig;
+use crate::data::batch::{batch_indices, make_batch, Example};
+use crate::data::table::{read_lines, Row};
+use crate::data::tokenize::BertTokenizer;
+use crate::logging;
+use crate::model::bert::ForwardCtx;
+use crate::model::checkpoint::{load_checkpoint, temp_path};
+use crate::model::classifier::Classifier;
+use crate::rng::Rng;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, D};
+use std::io::Write;
+use std::path::Path;
+
+/// The output columns EasyNLP's predictor knows.
+const OUTPUT_COLUMNS: &[&str] = &["predictions", "probabilities", "logits", "output", "id"];
+
+/// `--mode=predict`.
+pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
+    let outputs: Vec<&str> = cfg.args.output_schema.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if outputs.is_empty() {
+        bail!("--output_schema is required in predict mode: any of {}", OUTPUT_COLUMNS.join(","));
+    }
+    for o in &outputs {
+        if !OUTPUT_COLUMNS.contains(o) {
+            bail!("--output_schema: unknown column `{o}` (known: {})", OUTPUT_COLUMNS.join(","));
+        }
+    }
+    let append: Vec<usize> = match cfg.args.append_cols.as_deref().filter(|s| !s.is_empty()) {
+        Some(cols) => cols.split(',').map(|c| cfg.schema.index_of(c.trim(), "--append_cols")).collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    let id_col = cfg.schema.columns.iter().position(|c| c.name == "id");
+    let ckpt = load_checkpoint(&cfg.checkpoint_dir(), device)?;
+    super::evaluate::check_labels(cfg, &ckpt.labels)?;
+    check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
+    let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
+    let table = cfg.last_table();
+    let lines = read_lines(table, cfg.args.skip_first_line)?;
+    if lines.is_empty() {
+        bail!("{}: the table has no rows", table.display());
+    }
+    let out_path = Path::new(cfg.args.outputs.as_deref().expect("checked in config"));
+    let tmp = temp_path(out_path);
+    let result = (|| -> Result<usize> {
+        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let mut ids = Rng::from_entropy();
+        let ctx = ForwardCtx::eval();
+        let name = table.display().to_string();
+        let mut written = 0;
+        for chunk in lines.chunks(cfg.args.predict_slice_size.max(1)) {
+            let rows: Vec<Row> = chunk
+                .iter()
+                .map(|(line, text)| {
+                    let fields: Vec<&str> = text.split('\t').collect();
+                    Ok(Row { line: *line, values: cfg.schema.parse_fields(&fields, &format!("{name}:{line}"))? })
+                })
+                .collect::<Result<_>>()?;
+            let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
+            for idx in batch_indices(examples.len(), cfg.args.micro_batch_size, None) {
+                let batch_rows: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
+                let batch = make_batch(&batch_rows, device)?;
+                let logits = model.forward(&batch, &ctx)?;
+                let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+                let logits = logits.to_vec2::<f32>()?;
+                for (k, &i) in idx.iter().enumerate() {
+                    let row = &rows[i];
+                    let mut cols: Vec<String> = Vec::with_capacity(outputs.len() + append.len());
+                    for o in &outputs {
+                        cols.push(match *o {
+                            "predictions" => ckpt.labels.names[argmax(&probs[k])].clone(),
+                            "probabilities" => join_f32(&probs[k]),
+                            "logits" => join_f32(&logits[k]),
+                            "output" => output_repr(&ckpt.labels.names, &probs[k], &logits[k]),
+                            _ => match id_col {
+                                Some(c) => row.values[c].to_output(),
+                                None => ids.uuid4(),
+                            },
+                        });
+                    }
+                    cols.extend(append.iter().map(|&c| row.values[c].to_output()));
+                    writeln!(out, "{}", cols.join("\t"))?;
+                    written += 1;
+                }
+            }
+            logging::progress(written, lines.len(), "rows predicted");
+        }
+        out.flush()?;
+        Ok(written)
+    })();
+    match result {
+        Ok(n) => {
+            std::fs::rename(&tmp, out_path).with_context(|| format!("cannot move {} into place", out_path.display()))?;
+            logging::info(format!("wrote {n} predictions to {}", out_path.display()));
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn join_f32(v: &[f32]) -> String {
+    v.iter().map(|x| numpy_f32(*x)).collect::<Vec<_>>().join(",")
+}
+
+/// EasyNLP's `output` column: a Python list of `{'pred', 'prob', 'logit'}` sorted by probability.
+fn output_repr(names: &[String], probs: &[f32], logits: &[f32]) -> String {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let items: Vec<String> = order
+        .iter()
+        .map(|&i| {
+            format!(
+                "{{'pred': {}, 'prob': {}, 'logit': {}}}",
+                python_str_repr(&names[i]),
+                numpy_f32(probs[i]),
+                numpy_f32(logits[i])
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}

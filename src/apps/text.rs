@@ -1,0 +1,59 @@
+//! Turning parsed table rows into model examples: text columns, labels and tokenization.
+
+use crate::cli::config::TextColumns;
+use crate::data::batch::Example;
+use crate::data::labels::LabelSet;
+use crate::data::table::Row;
+use crate::data::tokenize::BertTokenizer;
+use anyhow::{bail, Result};
+use std::path::Path;
+
+/// Tokenizes `rows` of `path`; with `labels`, every row's label must be one of them.
+pub fn encode_rows(
+    rows: &[Row],
+    path: &Path,
+    columns: &TextColumns,
+    schema_names: &[&str],
+    tokenizer: &BertTokenizer,
+    labels: Option<&LabelSet>,
+) -> Result<Vec<Example>> {
+    fn text<'r>(row: &'r Row, idx: usize, path: &Path, schema_names: &[&str]) -> Result<&'r str> {
+        match row.values[idx].as_str() {
+            Some(s) => Ok(s),
+            None => bail!(
+                "{}:{}: column `{}` must be typed str to be used as text",
+                path.display(),
+                row.line,
+                schema_names[idx]
+            ),
+        }
+    }
+    let mut pairs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let a = text(row, columns.first, path, schema_names)?;
+        let b = columns.second.map(|i| text(row, i, path, schema_names)).transpose()?;
+        pairs.push((a, b));
+    }
+    let encoded = tokenizer.encode_batch(&pairs)?;
+    let mut examples = Vec::with_capacity(rows.len());
+    for (row, enc) in rows.iter().zip(encoded) {
+        let label = match (labels, columns.label) {
+            (Some(set), Some(idx)) => {
+                let value = row.values[idx].to_output();
+                match set.index(&value) {
+                    Some(i) => Some(i as u32),
+                    None => bail!(
+                        "{}:{}: column `{}`: label `{value}` is not one of --label_enumerate_values ({})",
+                        path.display(),
+                        row.line,
+                        schema_names[idx],
+                        set.names.join(", ")
+                    ),
+                }
+            }
+            _ => None,
+        };
+        examples.push(Example { enc, label, teacher_logits: None });
+    }
+    Ok(examples)
+}

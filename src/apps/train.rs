@@ -1,0 +1,178 @@
+//! `--mode=train`: fine-tune a BERT classifier and keep the best checkpoint.
+
+use super::evaluate::{check_sequence_length, evaluate_examples};
+use super::text::encode_rows;
+use crate::cli::config::RunConfig;
+use crate::data::batch::{Batch, Example};
+use crate::data::labels::LabelSet;
+use crate::data::table::read_table;
+use crate::data::tokenize::BertTokenizer;
+use crate::logging;
+use crate::model::bert::ForwardCtx;
+use crate::model::checkpoint::{save_metadata, save_tensors};
+use crate::model::classifier::{init_head, Classifier};
+use crate::model::config::BertConfig;
+use crate::model::params::{read_weights, Params};
+use crate::model::zoo::resolve_model;
+use crate::rng::Rng;
+use crate::train::metrics::EvalReport;
+use crate::train::optimizer::Optimizer;
+use crate::train::trainer::{train, SaveReason, TrainSettings, TrainState, TrainTask};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// Fine-tuning with cross-entropy, evaluated on the validation table.
+struct ClassifyTask<'a> {
+    config: &'a BertConfig,
+    labels: &'a LabelSet,
+    dev: Option<Vec<Example>>,
+    batch_size: usize,
+    checkpoint_dir: PathBuf,
+    model_dir: PathBuf,
+    train_config: serde_json::Value,
+    save_all: bool,
+    device: Device,
+}
+
+impl TrainTask for ClassifyTask<'_> {
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+        let model = Classifier::load(self.config, &|n| params.trainable(n))?;
+        let logits = model.forward(batch, ctx)?;
+        let labels = batch.labels.as_ref().context("training rows need labels")?;
+        Ok(candle_nn::loss::cross_entropy(&logits, labels)?)
+    }
+
+    fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>> {
+        let Some(dev) = &self.dev else { return Ok(None) };
+        let model = Classifier::load(self.config, &|n| params.frozen(n))?;
+        Ok(Some(evaluate_examples(&model, dev, self.batch_size, self.labels.len(), &self.device)?))
+    }
+
+    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
+        let dir = &self.checkpoint_dir;
+        save_metadata(dir, self.config, self.labels, &self.train_config, &self.model_dir)?;
+        match reason {
+            SaveReason::Best => {
+                save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
+                save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
+                let state = serde_json::to_string_pretty(state)?;
+                crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
+            }
+            SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
+        }
+        Ok(())
+    }
+
+    fn save_all(&self) -> bool {
+        self.save_all
+    }
+}
+
+/// Reads a table and tokenizes it with labels.
+fn load_examples(cfg: &RunConfig, path: &Path, tokenizer: &BertTokenizer, labels: &LabelSet) -> Result<Vec<Example>> {
+    let rows = read_table(path, &cfg.schema, cfg.args.skip_first_line)?;
+    encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))
+}
+
+/// Loads the starting weights: a resumed checkpoint, or the pretrained model plus a new head.
+fn initial_params(cfg: &RunConfig, model_dir: &Path, config: &BertConfig, labels: &LabelSet, device: &Device) -> Result<Params> {
+    let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(model_dir);
+    let (mut weights, unexpected) = read_weights(source, device)?;
+    if !unexpected.is_empty() {
+        logging::info(format!("ignoring {} weights that are not part of the classifier: {}", unexpected.len(), unexpected.join(", ")));
+    }
+    if let Some(w) = weights.get("classifier.weight") {
+        if w.dim(0)? != labels.len() {
+            logging::info(format!("dropping the pretrained classifier ({} labels, this task has {})", w.dim(0)?, labels.len()));
+            weights.remove("classifier.weight");
+            weights.remove("classifier.bias");
+        }
+    }
+    let mut params = Params::default();
+    for (name, t) in &weights {
+        if name.starts_with("bert.") || name.starts_with("classifier.") {
+            params.insert(name, t)?;
+        }
+    }
+    let mut rng = Rng::new(cfg.seed);
+    let created = init_head(&mut params, config, labels.len(), &mut rng, device)?;
+    if !created.is_empty() {
+        logging::info(format!("newly initialised: {}", created.join(", ")));
+    }
+    Ok(params)
+}
+
+/// `--mode=train`.
+pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
+    if cfg.udp.bool("enable_distillation", false)? {
+        bail!("enable_distillation=True: knowledge distillation is not available in this build yet");
+    }
+    let name = cfg.udp.require("pretrain_model_name_or_path")?;
+    let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
+    let config = BertConfig::load(&model_dir)?;
+    check_sequence_length(cfg, config.max_position_embeddings)?;
+    let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
+    let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let train_rows = load_examples(cfg, &cfg.tables[0], &tokenizer, &labels)?;
+    let do_eval = cfg.udp.bool("do_eval", true)?;
+    let dev = if do_eval { Some(load_examples(cfg, cfg.last_table(), &tokenizer, &labels)?) } else { None };
+    let params = initial_params(cfg, &model_dir, &config, &labels, device)?;
+    Classifier::load(&config, &|n| params.frozen(n)).with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
+    let resume = match cfg.args.resume_from_checkpoint.as_deref() {
+        Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
+        None => None,
+    };
+    let checkpoint_dir = cfg.checkpoint_dir();
+    std::fs::create_dir_all(&checkpoint_dir).with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
+    let task = ClassifyTask {
+        config: &config,
+        labels: &labels,
+        dev,
+        batch_size: cfg.args.micro_batch_size,
+        checkpoint_dir,
+        model_dir: model_dir.clone(),
+        train_config: train_config_json(cfg, &model_dir),
+        save_all: cfg.args.save_all_checkpoints,
+        device: device.clone(),
+    };
+    let settings = TrainSettings {
+        epochs: cfg.args.epoch_num,
+        batch_size: cfg.args.micro_batch_size,
+        grad_accum: cfg.args.gradient_accumulation_steps,
+        learning_rate: cfg.args.learning_rate,
+        warmup_proportion: cfg.args.warmup_proportion,
+        max_grad_norm: cfg.args.max_grad_norm,
+        weight_decay: cfg.args.weight_decay,
+        optimizer: cfg.args.optimizer_type,
+        logging_steps: cfg.args.logging_steps,
+        save_checkpoint_steps: cfg.args.save_checkpoint_steps,
+        seed: cfg.seed,
+    };
+    let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
+    let state = train(&settings, &params, &train_rows, &task, resume_ref, device)?;
+    match state.best_accuracy {
+        Some(acc) => logging::info(format!("training done: best validation accuracy {acc:.4}, model in {}", task.checkpoint_dir.display())),
+        None => logging::info(format!("training done: model in {}", task.checkpoint_dir.display())),
+    }
+    Ok(())
+}
+
+fn read_resume_state(dir: &Path, device: &Device) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("--resume_from_checkpoint: {} is not a checkpoint of this program (no trainer_state.json)", dir.display()))?;
+    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("{}: bad trainer state", state_path.display()))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let tensors = candle_core::safetensors::load(&opt_path, device).with_context(|| format!("cannot read {}", opt_path.display()))?;
+    Ok((state, tensors))
+}
+
+/// Every flag of the run plus the resolved model, saved as `train_config.json`.
+fn train_config_json(cfg: &RunConfig, model_dir: &Path) -> serde_json::Value {
+    let mut v = serde_json::to_value(&cfg.args).unwrap_or_default();
+    v["pretrained_model_dir"] = serde_json::json!(model_dir.display().to_string());
+    v["seed_used"] = serde_json::json!(cfg.seed);
+    v["easynlp_rs_version"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
+    v
+}

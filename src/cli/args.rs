@@ -1,0 +1,201 @@
+//! The command-line flags, with EasyNLP's names, aliases and defaults (spec §1.1).
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// Which pipeline runs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum Mode {
+    /// Fine-tune (or distil) a model on `--tables` and save it to `--checkpoint_dir`.
+    Train,
+    /// Score a checkpoint on the last table of `--tables`.
+    Evaluate,
+    /// Write model outputs for every row of the last table of `--tables` to `--outputs`.
+    Predict,
+}
+
+/// Optimizers accepted by `--optimizer_type`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum OptimizerKind {
+    /// AdamW with decoupled weight decay and bias correction (EasyNLP's default).
+    #[value(name = "AdamW")]
+    AdamW,
+    /// Adam with L2 weight decay added to the gradient (torch.optim.Adam).
+    #[value(name = "Adam")]
+    Adam,
+    /// BERT's Adam: decoupled weight decay, no bias correction.
+    #[value(name = "BertAdam")]
+    BertAdam,
+    /// Plain SGD with L2 weight decay.
+    #[value(name = "SGD")]
+    Sgd,
+}
+
+/// `easynlp`: fine-tune, distil, evaluate and run BERT text classifiers, with Alibaba EasyNLP's flags.
+///
+/// Commands from EasyNLP's tutorials run unchanged. Differences from EasyNLP are listed in the README.
+#[derive(Parser, Debug, Clone, serde::Serialize)]
+#[command(name = "easynlp", version, about, long_about = None, max_term_width = 110)]
+pub struct Args {
+    /// Pipeline to run: train, evaluate or predict.
+    #[arg(long, value_enum, default_value = "train")]
+    pub mode: Mode,
+
+    /// Application: text_classify or text_match (single tower).
+    #[arg(long = "app_name", default_value = "text_classify")]
+    pub app_name: String,
+
+    /// Comma-separated tables. Train: the first is the training table, the last the validation table
+    /// (one table: both). Evaluate/predict: the last one is read.
+    #[arg(long)]
+    pub tables: Option<String>,
+
+    /// Predict: the output file (written atomically). Evaluate: where the metrics JSON goes.
+    #[arg(long)]
+    pub outputs: Option<String>,
+
+    /// Columns of the tables, `name:type:len,...`, type str/int/float (a float:N column holds N
+    /// comma-separated numbers).
+    #[arg(long = "input_schema")]
+    pub input_schema: Option<String>,
+
+    /// Column holding the first text.
+    #[arg(long = "first_sequence")]
+    pub first_sequence: Option<String>,
+
+    /// Column holding the second text of a pair (optional).
+    #[arg(long = "second_sequence")]
+    pub second_sequence: Option<String>,
+
+    /// Column holding the label.
+    #[arg(long = "label_name")]
+    pub label_name: Option<String>,
+
+    /// Labels in class-index order: a comma list, or a file with one label per line. Default `0,1`.
+    #[arg(long = "label_enumerate_values")]
+    pub label_enumerate_values: Option<String>,
+
+    /// Predict: output columns, any of predictions,probabilities,logits,output,id.
+    #[arg(long = "output_schema", default_value = "")]
+    pub output_schema: String,
+
+    /// Predict: input columns appended after the output columns.
+    #[arg(long = "append_cols")]
+    pub append_cols: Option<String>,
+
+    /// Train: the output directory. Evaluate/predict: the checkpoint to load.
+    #[arg(long = "checkpoint_dir", visible_alias = "checkpoint_path")]
+    pub checkpoint_dir: Option<String>,
+
+    /// Maximum tokens per row (truncation, longest_first); batches are padded to their longest row.
+    #[arg(long = "sequence_length", default_value_t = 16)]
+    pub sequence_length: usize,
+
+    /// Rows per batch, for training, evaluation and prediction.
+    #[arg(long = "micro_batch_size", visible_alias = "train_batch_size", default_value_t = 2)]
+    pub micro_batch_size: usize,
+
+    /// Training epochs.
+    #[arg(long = "epoch_num", default_value_t = 3.0)]
+    pub epoch_num: f64,
+
+    /// Peak learning rate.
+    #[arg(long = "learning_rate", default_value_t = 5e-5)]
+    pub learning_rate: f64,
+
+    /// Weight decay (not applied to biases and LayerNorm weights).
+    #[arg(long = "weight_decay", visible_alias = "wd", default_value_t = 1e-4)]
+    pub weight_decay: f64,
+
+    /// Micro-batches per optimizer step; the loss is averaged over them.
+    #[arg(long = "gradient_accumulation_steps", default_value_t = 1)]
+    pub gradient_accumulation_steps: usize,
+
+    /// Seed for initialisation, shuffling and dropout (0 or less: seed from the clock).
+    #[arg(long = "random_seed", default_value_t = 1234, allow_negative_numbers = true)]
+    pub random_seed: i64,
+
+    /// Evaluate and keep the best checkpoint every N optimizer steps (absent: at each epoch end).
+    #[arg(long = "save_checkpoint_steps")]
+    pub save_checkpoint_steps: Option<usize>,
+
+    /// GPU workers per node; without a GPU (or a CUDA build), 1 means one CPU worker. -1: whatever is there.
+    #[arg(long = "worker_gpu", default_value_t = -1, allow_negative_numbers = true)]
+    pub worker_gpu: i64,
+
+    /// Number of nodes (only 1 is supported).
+    #[arg(long = "worker_count", default_value_t = 1)]
+    pub worker_count: usize,
+
+    /// Whitespace-separated key=value settings (pretrain_model_name_or_path, distillation keys, ...).
+    #[arg(long = "user_defined_parameters")]
+    pub user_defined_parameters: Option<String>,
+
+    /// Skip the first line (a header) of every table read.
+    #[arg(long = "skip_first_line", action = ArgAction::SetTrue)]
+    pub skip_first_line: bool,
+
+    /// Threads for tokenization and the compute kernels (default: all cores).
+    #[arg(long = "data_threads")]
+    pub data_threads: Option<usize>,
+
+    /// Model zoo folder for pretrain_model_name_or_path names (else $EASYNLP_MODELZOO, else
+    /// ~/.easynlp/modelzoo).
+    #[arg(long = "modelzoo_base_dir", default_value = "")]
+    pub modelzoo_base_dir: String,
+
+    /// Log a training line every N optimizer steps.
+    #[arg(long = "logging_steps", default_value_t = 100)]
+    pub logging_steps: usize,
+
+    /// Fraction of the optimizer steps with a linear warmup.
+    #[arg(long = "warmup_proportion", default_value_t = 0.1)]
+    pub warmup_proportion: f64,
+
+    /// Optimizer.
+    #[arg(long = "optimizer_type", visible_alias = "optimizer", value_enum, default_value = "AdamW")]
+    pub optimizer_type: OptimizerKind,
+
+    /// Clip the global gradient norm to this value (0 or less: no clipping).
+    #[arg(long = "max_grad_norm", visible_alias = "mn", default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+
+    /// Also keep a copy of the model at every evaluation (model_step_N.safetensors).
+    #[arg(long = "save_all_checkpoints", action = ArgAction::SetTrue)]
+    pub save_all_checkpoints: bool,
+
+    /// Resume training from a checkpoint directory written by this program (weights, optimizer, step).
+    #[arg(long = "resume_from_checkpoint")]
+    pub resume_from_checkpoint: Option<String>,
+
+    /// Lower-case the text before tokenization (uncased models already do).
+    #[arg(long = "do_lower_case", action = ArgAction::SetTrue)]
+    pub do_lower_case: bool,
+
+    /// Mixed precision (not supported: refused with an error).
+    #[arg(long = "use_amp", action = ArgAction::SetTrue)]
+    pub use_amp: bool,
+
+    /// Predict: rows read and written per chunk (bounds memory on large tables).
+    #[arg(long = "predict_slice_size", default_value_t = 4096)]
+    pub predict_slice_size: usize,
+
+    /// Accepted for compatibility with EasyNLP scripts; predict streams in chunks of predict_slice_size.
+    #[arg(long = "predict_queue_size", default_value_t = 1024)]
+    pub predict_queue_size: usize,
+
+    /// Predict: threads (same effect as --data_threads when that is absent).
+    #[arg(long = "predict_thread_num")]
+    pub predict_thread_num: Option<usize>,
+
+    /// Accepted for compatibility; tables are read by one thread.
+    #[arg(long = "predict_table_read_thread_num", default_value_t = 16)]
+    pub predict_table_read_thread_num: usize,
+
+    /// Accepted for compatibility (set by torch.distributed.launch); ignored.
+    #[arg(long = "local_rank")]
+    pub local_rank: Option<i64>,
+
+    /// Accepted for compatibility; there is one process.
+    #[arg(long = "distributed_backend")]
+    pub distributed_backend: Option<String>,
+}

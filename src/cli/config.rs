@@ -1,0 +1,129 @@
+//! The validated run configuration built from the flags and `user_defined_parameters`.
+
+use super::args::{Args, Mode};
+use super::udp::UserParams;
+use crate::data::schema::Schema;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+
+/// The applications this program runs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum App {
+    /// Single-sentence (or pair) classification.
+    TextClassify,
+    /// Single-tower sentence-pair matching (same model as classification).
+    TextMatch,
+}
+
+/// Schema positions of the text and label columns.
+#[derive(Clone, Debug)]
+pub struct TextColumns {
+    /// `--first_sequence`.
+    pub first: usize,
+    /// `--second_sequence`.
+    pub second: Option<usize>,
+    /// `--label_name` (absent in predict).
+    pub label: Option<usize>,
+}
+
+/// Everything a run needs, checked up front.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The flags as given.
+    pub args: Args,
+    /// The application.
+    pub app: App,
+    /// Tables of `--tables`, in order.
+    pub tables: Vec<PathBuf>,
+    /// `--input_schema`.
+    pub schema: Schema,
+    /// Column positions.
+    pub columns: TextColumns,
+    /// `--user_defined_parameters`.
+    pub udp: UserParams,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+impl RunConfig {
+    /// Validates the flags for the chosen mode.
+    pub fn from_args(args: Args) -> Result<Self> {
+        let app = match args.app_name.as_str() {
+            "text_classify" => App::TextClassify,
+            "text_match" => App::TextMatch,
+            other => bail!("--app_name={other}: supported apps are text_classify and text_match (single tower)"),
+        };
+        let udp = UserParams::parse(args.user_defined_parameters.as_deref())?;
+        if args.use_amp {
+            bail!("--use_amp: mixed precision is not supported; this program trains in float32");
+        }
+        if args.micro_batch_size == 0 {
+            bail!("--micro_batch_size must be at least 1");
+        }
+        if args.sequence_length < 2 {
+            bail!("--sequence_length={} is too short: [CLS] and [SEP] alone take 2 tokens", args.sequence_length);
+        }
+        if args.gradient_accumulation_steps == 0 {
+            bail!("--gradient_accumulation_steps must be at least 1");
+        }
+        if args.mode == Mode::Train {
+            if !(args.epoch_num > 0.0 && args.epoch_num.is_finite()) {
+                bail!("--epoch_num must be positive");
+            }
+            if !(args.learning_rate > 0.0 && args.learning_rate.is_finite()) {
+                bail!("--learning_rate must be positive");
+            }
+            if !(0.0..1.0).contains(&args.warmup_proportion) {
+                bail!("--warmup_proportion must be in [0, 1)");
+            }
+            if args.save_checkpoint_steps == Some(0) {
+                bail!("--save_checkpoint_steps must be at least 1");
+            }
+        }
+        let Some(tables) = args.tables.as_deref().filter(|t| !t.is_empty()) else {
+            bail!("--tables is required");
+        };
+        let tables: Vec<PathBuf> = tables.split(',').map(PathBuf::from).collect();
+        for t in &tables {
+            if !t.is_file() {
+                bail!("--tables: table file `{}` does not exist", t.display());
+            }
+        }
+        if args.checkpoint_dir.is_none() {
+            bail!("--checkpoint_dir is required (train: where the model is saved; evaluate/predict: the model to load)");
+        }
+        if args.mode == Mode::Predict && args.outputs.is_none() {
+            bail!("--outputs is required in predict mode");
+        }
+        let Some(schema_text) = args.input_schema.as_deref() else {
+            bail!("--input_schema is required, e.g. --input_schema=sent:str:1,label:str:1");
+        };
+        let schema = Schema::parse(schema_text)?;
+        let Some(first) = args.first_sequence.as_deref() else {
+            bail!("--first_sequence is required: the column that holds the text");
+        };
+        let first = schema.index_of(first, "--first_sequence")?;
+        let second = args.second_sequence.as_deref().map(|s| schema.index_of(s, "--second_sequence")).transpose()?;
+        let label = match (args.mode, args.label_name.as_deref()) {
+            (Mode::Predict, _) => None,
+            (_, Some(l)) => Some(schema.index_of(l, "--label_name")?),
+            (_, None) => bail!("--label_name is required in {:?} mode", args.mode),
+        };
+        let seed = if args.random_seed > 0 {
+            args.random_seed as u64
+        } else {
+            crate::rng::Rng::from_entropy().next_u64()
+        };
+        Ok(RunConfig { app, tables, schema, columns: TextColumns { first, second, label }, udp, seed, args })
+    }
+
+    /// The checkpoint directory.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        PathBuf::from(self.args.checkpoint_dir.as_deref().unwrap_or("."))
+    }
+
+    /// The table read by evaluate and predict (and used for validation in train).
+    pub fn last_table(&self) -> &PathBuf {
+        self.tables.last().expect("at least one table")
+    }
+}

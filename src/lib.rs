@@ -1,0 +1,15 @@
+//! easynlp-rs: Alibaba EasyNLP's text-classification and knowledge-distillation workflow in Rust.
+//!
+//! The binary `easynlp` is a thin wrapper over [`run`]; every concept lives in its own module.
+
+pub mod apps;
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod logging;
+pub mod model;
+pub mod ops;
+pub mod rng;
+pub mod train;
+
+pub use cli::run;

@@ -1,0 +1,251 @@
+//! A trainable BERT encoder (Hugging Face weight names) with real dropout, per-layer taps and pooler.
+
+use super::config::BertConfig;
+use crate::ops;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Result, Tensor, D};
+use std::cell::RefCell;
+
+/// Gets a weight tensor by its full name (`bert.encoder.layer.0...`).
+pub type WeightFn<'a> = dyn Fn(&str) -> anyhow::Result<Tensor> + 'a;
+
+/// Training state threaded through a forward pass: dropout on/off and its random source.
+pub struct ForwardCtx {
+    /// Whether dropout is active.
+    pub train: bool,
+    rng: RefCell<Rng>,
+}
+
+impl ForwardCtx {
+    /// Inference: no dropout.
+    pub fn eval() -> Self {
+        ForwardCtx { train: false, rng: RefCell::new(Rng::new(0)) }
+    }
+
+    /// Training: dropout drawn from a generator seeded by `seed`.
+    pub fn train(seed: u64) -> Self {
+        ForwardCtx { train: true, rng: RefCell::new(Rng::new(seed)) }
+    }
+
+    /// Inverted dropout with probability `p`; identity outside training.
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - p as f32;
+        let scale = 1.0 / keep;
+        let n = x.elem_count();
+        let mut rng = self.rng.borrow_mut();
+        let mask: Vec<f32> =
+            (0..n).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        x.mul(&mask)
+    }
+}
+
+/// Which intermediate outputs a forward pass keeps.
+#[derive(Copy, Clone, Debug, Default)]
+pub struct Taps {
+    /// Keep the embedding output and every layer's output.
+    pub hidden_states: bool,
+    /// Keep every layer's attention probabilities.
+    pub attentions: bool,
+}
+
+/// Outputs of the encoder.
+pub struct EncoderOutput {
+    /// `[B, L, H]` output of the last layer.
+    pub last_hidden: Tensor,
+    /// With `Taps::hidden_states`: embeddings output then each layer's output (L+1 tensors).
+    pub hidden_states: Vec<Tensor>,
+    /// With `Taps::attentions`: `[B, heads, L, L]` probabilities per layer (before dropout).
+    pub attentions: Vec<Tensor>,
+    /// `[B, H]` tanh pooler output, when the model has a pooler.
+    pub pooled: Option<Tensor>,
+}
+
+/// A dense layer `y = x W^T + b` over the last dimension.
+#[derive(Clone)]
+pub struct Linear {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Linear {
+    /// Loads `<prefix>.weight` (`[out, in]`) and `<prefix>.bias`.
+    pub fn load(get: &WeightFn, prefix: &str) -> anyhow::Result<Self> {
+        Ok(Linear { w: get(&format!("{prefix}.weight"))?, b: get(&format!("{prefix}.bias"))? })
+    }
+
+    /// Applies the layer to `[..., in]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.matmul(x)?.broadcast_add(&self.b)
+    }
+
+    /// `x W^T` without the bias (for fusing the bias into the next op).
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inner = dims[dims.len() - 1];
+        let rows = x.elem_count() / inner;
+        let out = x.reshape((rows, inner))?.matmul(&self.w.t()?)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("rank >= 1") = self.w.dim(0)?;
+        out.reshape(out_dims)
+    }
+}
+
+struct LayerNorm {
+    gamma: Tensor,
+    beta: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(get: &WeightFn, prefix: &str, eps: f64) -> anyhow::Result<Self> {
+        Ok(LayerNorm {
+            gamma: get(&format!("{prefix}.weight"))?,
+            beta: get(&format!("{prefix}.bias"))?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+}
+
+struct Layer {
+    qkv_w: Tensor,
+    qkv_b: Tensor,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    out_norm: LayerNorm,
+}
+
+/// The BERT encoder: embeddings, transformer layers and optional pooler.
+pub struct Bert {
+    cfg: BertConfig,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+}
+
+impl Bert {
+    /// Builds the encoder from weights named `bert.*`; `with_pooler` loads `bert.pooler.dense`.
+    pub fn load(cfg: &BertConfig, get: &WeightFn, with_pooler: bool) -> anyhow::Result<Self> {
+        let eps = cfg.layer_norm_eps;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("bert.encoder.layer.{i}");
+            let part = |n: &str, t: &str| get(&format!("{p}.attention.self.{n}.{t}"));
+            let qkv_w = Tensor::cat(&[part("query", "weight")?, part("key", "weight")?, part("value", "weight")?], 0)?;
+            let qkv_b = Tensor::cat(&[part("query", "bias")?, part("key", "bias")?, part("value", "bias")?], 0)?;
+            layers.push(Layer {
+                qkv_w,
+                qkv_b,
+                attn_out: Linear::load(get, &format!("{p}.attention.output.dense"))?,
+                attn_norm: LayerNorm::load(get, &format!("{p}.attention.output.LayerNorm"), eps)?,
+                inter: Linear::load(get, &format!("{p}.intermediate.dense"))?,
+                out: Linear::load(get, &format!("{p}.output.dense"))?,
+                out_norm: LayerNorm::load(get, &format!("{p}.output.LayerNorm"), eps)?,
+            });
+        }
+        Ok(Bert {
+            cfg: cfg.clone(),
+            word: get("bert.embeddings.word_embeddings.weight")?,
+            position: get("bert.embeddings.position_embeddings.weight")?,
+            token_type: get("bert.embeddings.token_type_embeddings.weight")?,
+            emb_norm: LayerNorm::load(get, "bert.embeddings.LayerNorm", eps)?,
+            layers,
+            pooler: if with_pooler { Some(Linear::load(get, "bert.pooler.dense")?) } else { None },
+        })
+    }
+
+    /// The model configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    /// Runs the encoder on `[B, L]` ids / segment ids and a `[B, L]` f32 attention mask.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        taps: Taps,
+        ctx: &ForwardCtx,
+    ) -> Result<EncoderOutput> {
+        let (b, l) = input_ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        let device = input_ids.device();
+        let words = self.word.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
+        let types = self.token_type.index_select(&token_type_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
+        let positions = self.position.narrow(0, 0, l)?;
+        let emb = words.add(&types)?.broadcast_add(&positions)?;
+        let mut x = ctx.dropout(&self.emb_norm.forward(&emb)?, self.cfg.hidden_dropout_prob)?;
+        // 0 for real tokens, -10000 for padding: added to the attention scores.
+        let mask_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 10000.0)?;
+        let mut hidden_states = Vec::new();
+        let mut attentions = Vec::new();
+        if taps.hidden_states {
+            hidden_states.push(x.clone());
+        }
+        for layer in &self.layers {
+            let (out, probs) = self.layer_forward(layer, &x, &mask_bias, ctx, device)?;
+            x = out;
+            if taps.hidden_states {
+                hidden_states.push(x.clone());
+            }
+            if taps.attentions {
+                attentions.push(probs);
+            }
+        }
+        let pooled = match &self.pooler {
+            Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
+            None => None,
+        };
+        Ok(EncoderOutput { last_hidden: x, hidden_states, attentions, pooled })
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        ctx: &ForwardCtx,
+        _device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, l, h) = x.dims3()?;
+        let heads = self.cfg.num_attention_heads;
+        let dh = self.cfg.head_dim();
+        let qkv = x
+            .reshape((b * l, h))?
+            .matmul(&layer.qkv_w.t()?)?
+            .broadcast_add(&layer.qkv_b)?
+            .reshape((b, l, 3, heads, dh))?;
+        let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous() };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        let probs = ops::attention_softmax(&scores, mask_bias, 1.0 / (dh as f64).sqrt())?;
+        let dropped = ctx.dropout(&probs, self.cfg.attention_probs_dropout_prob)?;
+        let context = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        let attn = ctx.dropout(&layer.attn_out.forward(&context)?, self.cfg.hidden_dropout_prob)?;
+        let attn = layer.attn_norm.forward(&attn.add(x)?)?;
+        let inter = ops::bias_gelu_erf(&layer.inter.matmul(&attn)?, &layer.inter.b)?;
+        let out = ctx.dropout(&layer.out.forward(&inter)?, self.cfg.hidden_dropout_prob)?;
+        let out = layer.out_norm.forward(&out.add(&attn)?)?;
+        Ok((out, probs))
+    }
+}
+
+/// Mean of `hidden` `[B, L, H]` over the real tokens of `attention_mask` `[B, L]`.
+pub fn masked_mean(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let mask = attention_mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+    let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+    sum.broadcast_div(&mask.sum(1)?.clamp(1.0, f64::MAX)?)
+}

@@ -1,0 +1,8 @@
+//! The BERT model: configuration, encoder, classification head, parameters, checkpoints, model zoo.
+
+pub mod bert;
+pub mod checkpoint;
+pub mod classifier;
+pub mod config;
+pub mod params;
+pub mod zoo;

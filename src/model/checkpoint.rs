@@ -84,7 +84,6 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint> {
         bail!("checkpoint `{}` does not exist (train one with --mode=train --checkpoint_dir=...)", dir.display());
     }
     let config = BertConfig::load(dir)?;
-    let labels = read_labels(dir, &config)?;
     let (weights, _) = read_weights(dir, device)?;
     if !weights.contains_key("classifier.weight") {
         bail!(
@@ -93,6 +92,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint> {
             dir.display()
         );
     }
+    let labels = read_labels(dir, &config)?;
     let mut params = Params::default();
     for (name, t) in &weights {
         params.insert(name, t)?;

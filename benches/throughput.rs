@@ -2,7 +2,8 @@
 //! batch 32 and sequence lengths 128 and 64 (every row full length), with all threads.
 //!
 //! Run: `cargo bench --bench throughput` (models from `$EASYNLP_SHARED/models` or `../shared/models`;
-//! `BENCH_STEPS` timed steps per case, default 3, after one warm-up step).
+//! `BENCH_STEPS` timed steps per case, default 3, after one warm-up step; `BENCH_MODELS` and
+//! `BENCH_SEQS` restrict the cases, e.g. `BENCH_MODELS=minilm-l3 BENCH_SEQS=64`).
 
 use candle_core::{Device, Tensor};
 use easynlp::cli::args::OptimizerKind;
@@ -15,6 +16,9 @@ use easynlp::rng::Rng;
 use easynlp::train::optimizer::{Optimizer, StepParams};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 32;
 
@@ -54,13 +58,18 @@ fn time(steps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    easynlp::alloc::keep_freed_memory();
     let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let device = Device::Cpu;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("easynlp-rs throughput, batch {BATCH}, {threads} threads, {steps} timed steps per case");
     println!("| model | seq | train ex/s | train s/step | infer ex/s | infer s/batch |");
     println!("|---|---|---|---|---|---|");
+    let only = |var: &str, value: &str| std::env::var(var).map(|v| v.split(',').any(|x| x == value)).unwrap_or(true);
     for name in ["minilm-l6", "minilm-l3"] {
+        if !only("BENCH_MODELS", name) {
+            continue;
+        }
         let dir = shared_models().join(name);
         if !dir.join("config.json").is_file() {
             eprintln!("!!! SKIPPED {name}: {} not found (set EASYNLP_SHARED)", dir.display());
@@ -76,6 +85,9 @@ fn main() {
         init_head(&mut params, &cfg, 2, &mut rng, &device).unwrap();
         let mut opt = Optimizer::new(&params, OptimizerKind::AdamW, 1e-4);
         for seq in [128usize, 64] {
+            if !only("BENCH_SEQS", &seq.to_string()) {
+                continue;
+            }
             let b = batch(seq, cfg.vocab_size, &mut rng, &device);
             let mut seed = 0u64;
             let train = time(steps, || {

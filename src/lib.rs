@@ -2,6 +2,7 @@
 //!
 //! The binary `easynlp` is a thin wrapper over [`run`]; every concept lives in its own module.
 
+pub mod alloc;
 pub mod apps;
 pub mod cli;
 pub mod data;

@@ -4,7 +4,7 @@ use super::evaluate::{argmax, check_sequence_length};
 use super::format::{numpy_f32, python_str_repr};
 use super::text::encode_rows;
 use crate::cli::config::RunConfig;
-use crate::data::batch::{batch_indices, make_batch, Example};
+use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::table::{read_lines, Row};
 use crate::data::tokenize::BertTokenizer;
 use crate::logging;
@@ -22,24 +22,40 @@ const OUTPUT_COLUMNS: &[&str] = &["predictions", "probabilities", "logits", "out
 
 /// `--mode=predict`.
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
-    let outputs: Vec<&str> = cfg.args.output_schema.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let outputs: Vec<&str> = cfg
+        .args
+        .output_schema
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if outputs.is_empty() {
-        bail!("--output_schema is required in predict mode: any of {}", OUTPUT_COLUMNS.join(","));
+        bail!(
+            "--output_schema is required in predict mode: any of {}",
+            OUTPUT_COLUMNS.join(",")
+        );
     }
     for o in &outputs {
         if !OUTPUT_COLUMNS.contains(o) {
-            bail!("--output_schema: unknown column `{o}` (known: {})", OUTPUT_COLUMNS.join(","));
+            bail!(
+                "--output_schema: unknown column `{o}` (known: {})",
+                OUTPUT_COLUMNS.join(",")
+            );
         }
     }
     let append: Vec<usize> = match cfg.args.append_cols.as_deref().filter(|s| !s.is_empty()) {
-        Some(cols) => cols.split(',').map(|c| cfg.schema.index_of(c.trim(), "--append_cols")).collect::<Result<_>>()?,
+        Some(cols) => cols
+            .split(',')
+            .map(|c| cfg.schema.index_of(c.trim(), "--append_cols"))
+            .collect::<Result<_>>()?,
         None => Vec::new(),
     };
     let id_col = cfg.schema.columns.iter().position(|c| c.name == "id");
     let ckpt = load_checkpoint(&cfg.checkpoint_dir(), device)?;
     super::evaluate::check_labels(cfg, &ckpt.labels)?;
     check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
-    let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let tokenizer =
+        BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
     let table = cfg.last_table();
     let lines = read_lines(table, cfg.args.skip_first_line)?;
@@ -49,7 +65,8 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let out_path = Path::new(cfg.args.outputs.as_deref().expect("checked in config"));
     let tmp = temp_path(out_path);
     let result = (|| -> Result<usize> {
-        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = std::io::BufWriter::new(file);
         let mut ids = Rng::from_entropy();
         let ctx = ForwardCtx::eval();
@@ -60,11 +77,26 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
                 .iter()
                 .map(|(line, text)| {
                     let fields: Vec<&str> = text.split('\t').collect();
-                    Ok(Row { line: *line, values: cfg.schema.parse_fields(&fields, &format!("{name}:{line}"))? })
+                    Ok(Row {
+                        line: *line,
+                        values: cfg
+                            .schema
+                            .parse_fields(&fields, &format!("{name}:{line}"))?,
+                    })
                 })
                 .collect::<Result<_>>()?;
-            let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
-            for idx in batch_indices(examples.len(), cfg.args.micro_batch_size, None) {
+            let examples = encode_rows(
+                &rows,
+                table,
+                &cfg.columns,
+                &cfg.schema.names(),
+                &tokenizer,
+                None,
+            )?;
+            // Length-bucketed batches for speed; lines are written back in file order.
+            let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
+            let mut lines_out = vec![String::new(); rows.len()];
+            for idx in bucketed_batches(&lengths, cfg.args.micro_batch_size, None) {
                 let batch_rows: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
                 let batch = make_batch(&batch_rows, device)?;
                 let logits = model.forward(&batch, &ctx)?;
@@ -86,10 +118,13 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
                         });
                     }
                     cols.extend(append.iter().map(|&c| row.values[c].to_output()));
-                    writeln!(out, "{}", cols.join("\t"))?;
-                    written += 1;
+                    lines_out[i] = cols.join("\t");
                 }
             }
+            for line in &lines_out {
+                writeln!(out, "{line}")?;
+            }
+            written += lines_out.len();
             logging::progress(written, lines.len(), "rows predicted");
         }
         out.flush()?;
@@ -97,7 +132,8 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     })();
     match result {
         Ok(n) => {
-            std::fs::rename(&tmp, out_path).with_context(|| format!("cannot move {} into place", out_path.display()))?;
+            std::fs::rename(&tmp, out_path)
+                .with_context(|| format!("cannot move {} into place", out_path.display()))?;
             logging::info(format!("wrote {n} predictions to {}", out_path.display()));
             Ok(())
         }
@@ -109,7 +145,10 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
 }
 
 fn join_f32(v: &[f32]) -> String {
-    v.iter().map(|x| numpy_f32(*x)).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|x| numpy_f32(*x))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// EasyNLP's `output` column: a Python list of `{'pred', 'prob', 'logit'}` sorted by probability.

@@ -44,22 +44,48 @@ impl TrainTask for ClassifyTask<'_> {
     }
 
     fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>> {
-        let Some(dev) = &self.dev else { return Ok(None) };
+        let Some(dev) = &self.dev else {
+            return Ok(None);
+        };
         let model = Classifier::load(self.config, &|n| params.frozen(n))?;
-        Ok(Some(evaluate_examples(&model, dev, self.batch_size, self.labels.len(), &self.device)?))
+        Ok(Some(evaluate_examples(
+            &model,
+            dev,
+            self.batch_size,
+            self.labels.len(),
+            &self.device,
+        )?))
     }
 
-    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
+    fn save(
+        &self,
+        params: &Params,
+        opt: &Optimizer,
+        state: &TrainState,
+        reason: SaveReason,
+    ) -> Result<()> {
         let dir = &self.checkpoint_dir;
-        save_metadata(dir, self.config, self.labels, &self.train_config, &self.model_dir)?;
+        save_metadata(
+            dir,
+            self.config,
+            self.labels,
+            &self.train_config,
+            &self.model_dir,
+        )?;
         match reason {
             SaveReason::Best => {
                 save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
                 save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
                 let state = serde_json::to_string_pretty(state)?;
-                crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
+                crate::model::checkpoint::write_atomic(
+                    &dir.join("trainer_state.json"),
+                    state.as_bytes(),
+                )?;
             }
-            SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
+            SaveReason::Step(n) => save_tensors(
+                &params.tensors(),
+                &dir.join(format!("model_step_{n}.safetensors")),
+            )?,
         }
         Ok(())
     }
@@ -70,21 +96,52 @@ impl TrainTask for ClassifyTask<'_> {
 }
 
 /// Reads a table and tokenizes it with labels.
-fn load_examples(cfg: &RunConfig, path: &Path, tokenizer: &BertTokenizer, labels: &LabelSet) -> Result<Vec<Example>> {
+fn load_examples(
+    cfg: &RunConfig,
+    path: &Path,
+    tokenizer: &BertTokenizer,
+    labels: &LabelSet,
+) -> Result<Vec<Example>> {
     let rows = read_table(path, &cfg.schema, cfg.args.skip_first_line)?;
-    encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))
+    encode_rows(
+        &rows,
+        path,
+        &cfg.columns,
+        &cfg.schema.names(),
+        tokenizer,
+        Some(labels),
+    )
 }
 
 /// Loads the starting weights: a resumed checkpoint, or the pretrained model plus a new head.
-fn initial_params(cfg: &RunConfig, model_dir: &Path, config: &BertConfig, labels: &LabelSet, device: &Device) -> Result<Params> {
-    let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(model_dir);
+fn initial_params(
+    cfg: &RunConfig,
+    model_dir: &Path,
+    config: &BertConfig,
+    labels: &LabelSet,
+    device: &Device,
+) -> Result<Params> {
+    let source = cfg
+        .args
+        .resume_from_checkpoint
+        .as_deref()
+        .map(Path::new)
+        .unwrap_or(model_dir);
     let (mut weights, unexpected) = read_weights(source, device)?;
     if !unexpected.is_empty() {
-        logging::info(format!("ignoring {} weights that are not part of the classifier: {}", unexpected.len(), unexpected.join(", ")));
+        logging::info(format!(
+            "ignoring {} weights that are not part of the classifier: {}",
+            unexpected.len(),
+            unexpected.join(", ")
+        ));
     }
     if let Some(w) = weights.get("classifier.weight") {
         if w.dim(0)? != labels.len() {
-            logging::info(format!("dropping the pretrained classifier ({} labels, this task has {})", w.dim(0)?, labels.len()));
+            logging::info(format!(
+                "dropping the pretrained classifier ({} labels, this task has {})",
+                w.dim(0)?,
+                labels.len()
+            ));
             weights.remove("classifier.weight");
             weights.remove("classifier.bias");
         }
@@ -106,25 +163,34 @@ fn initial_params(cfg: &RunConfig, model_dir: &Path, config: &BertConfig, labels
 /// `--mode=train`.
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     if cfg.udp.bool("enable_distillation", false)? {
-        bail!("enable_distillation=True: knowledge distillation is not available in this build yet");
+        bail!(
+            "enable_distillation=True: knowledge distillation is not available in this build yet"
+        );
     }
     let name = cfg.udp.require("pretrain_model_name_or_path")?;
     let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
     let config = BertConfig::load(&model_dir)?;
     check_sequence_length(cfg, config.max_position_embeddings)?;
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
-    let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let tokenizer =
+        BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let train_rows = load_examples(cfg, &cfg.tables[0], &tokenizer, &labels)?;
     let do_eval = cfg.udp.bool("do_eval", true)?;
-    let dev = if do_eval { Some(load_examples(cfg, cfg.last_table(), &tokenizer, &labels)?) } else { None };
+    let dev = if do_eval {
+        Some(load_examples(cfg, cfg.last_table(), &tokenizer, &labels)?)
+    } else {
+        None
+    };
     let params = initial_params(cfg, &model_dir, &config, &labels, device)?;
-    Classifier::load(&config, &|n| params.frozen(n)).with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
+    Classifier::load(&config, &|n| params.frozen(n))
+        .with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
     let resume = match cfg.args.resume_from_checkpoint.as_deref() {
         Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
         None => None,
     };
     let checkpoint_dir = cfg.checkpoint_dir();
-    std::fs::create_dir_all(&checkpoint_dir).with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
+    std::fs::create_dir_all(&checkpoint_dir)
+        .with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
     let task = ClassifyTask {
         config: &config,
         labels: &labels,
@@ -152,19 +218,30 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
     let state = train(&settings, &params, &train_rows, &task, resume_ref, device)?;
     match state.best_accuracy {
-        Some(acc) => logging::info(format!("training done: best validation accuracy {acc:.4}, model in {}", task.checkpoint_dir.display())),
-        None => logging::info(format!("training done: model in {}", task.checkpoint_dir.display())),
+        Some(acc) => logging::info(format!(
+            "training done: best validation accuracy {acc:.4}, model in {}",
+            task.checkpoint_dir.display()
+        )),
+        None => logging::info(format!(
+            "training done: model in {}",
+            task.checkpoint_dir.display()
+        )),
     }
     Ok(())
 }
 
-fn read_resume_state(dir: &Path, device: &Device) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
+fn read_resume_state(
+    dir: &Path,
+    device: &Device,
+) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("--resume_from_checkpoint: {} is not a checkpoint of this program (no trainer_state.json)", dir.display()))?;
-    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("{}: bad trainer state", state_path.display()))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .with_context(|| format!("{}: bad trainer state", state_path.display()))?;
     let opt_path = dir.join("optimizer.safetensors");
-    let tensors = candle_core::safetensors::load(&opt_path, device).with_context(|| format!("cannot read {}", opt_path.display()))?;
+    let tensors = candle_core::safetensors::load(&opt_path, device)
+        .with_context(|| format!("cannot read {}", opt_path.display()))?;
     Ok((state, tensors))
 }
 

@@ -91,7 +91,11 @@ pub struct Args {
     pub sequence_length: usize,
 
     /// Rows per batch, for training, evaluation and prediction.
-    #[arg(long = "micro_batch_size", visible_alias = "train_batch_size", default_value_t = 2)]
+    #[arg(
+        long = "micro_batch_size",
+        visible_alias = "train_batch_size",
+        default_value_t = 2
+    )]
     pub micro_batch_size: usize,
 
     /// Training epochs.
@@ -111,7 +115,11 @@ pub struct Args {
     pub gradient_accumulation_steps: usize,
 
     /// Seed for initialisation, shuffling and dropout (0 or less: seed from the clock).
-    #[arg(long = "random_seed", default_value_t = 1234, allow_negative_numbers = true)]
+    #[arg(
+        long = "random_seed",
+        default_value_t = 1234,
+        allow_negative_numbers = true
+    )]
     pub random_seed: i64,
 
     /// Evaluate and keep the best checkpoint every N optimizer steps (absent: at each epoch end).
@@ -152,7 +160,12 @@ pub struct Args {
     pub warmup_proportion: f64,
 
     /// Optimizer.
-    #[arg(long = "optimizer_type", visible_alias = "optimizer", value_enum, default_value = "AdamW")]
+    #[arg(
+        long = "optimizer_type",
+        visible_alias = "optimizer",
+        value_enum,
+        default_value = "AdamW"
+    )]
     pub optimizer_type: OptimizerKind,
 
     /// Clip the global gradient norm to this value (0 or less: no clipping).

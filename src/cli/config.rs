@@ -61,7 +61,10 @@ impl RunConfig {
             bail!("--micro_batch_size must be at least 1");
         }
         if args.sequence_length < 2 {
-            bail!("--sequence_length={} is too short: [CLS] and [SEP] alone take 2 tokens", args.sequence_length);
+            bail!(
+                "--sequence_length={} is too short: [CLS] and [SEP] alone take 2 tokens",
+                args.sequence_length
+            );
         }
         if args.gradient_accumulation_steps == 0 {
             bail!("--gradient_accumulation_steps must be at least 1");
@@ -103,7 +106,11 @@ impl RunConfig {
             bail!("--first_sequence is required: the column that holds the text");
         };
         let first = schema.index_of(first, "--first_sequence")?;
-        let second = args.second_sequence.as_deref().map(|s| schema.index_of(s, "--second_sequence")).transpose()?;
+        let second = args
+            .second_sequence
+            .as_deref()
+            .map(|s| schema.index_of(s, "--second_sequence"))
+            .transpose()?;
         let label = match (args.mode, args.label_name.as_deref()) {
             (Mode::Predict, _) => None,
             (_, Some(l)) => Some(schema.index_of(l, "--label_name")?),
@@ -114,7 +121,19 @@ impl RunConfig {
         } else {
             crate::rng::Rng::from_entropy().next_u64()
         };
-        Ok(RunConfig { app, tables, schema, columns: TextColumns { first, second, label }, udp, seed, args })
+        Ok(RunConfig {
+            app,
+            tables,
+            schema,
+            columns: TextColumns {
+                first,
+                second,
+                label,
+            },
+            udp,
+            seed,
+            args,
+        })
     }
 
     /// The checkpoint directory.

@@ -5,18 +5,39 @@ use std::collections::BTreeMap;
 
 /// Every key this program understands, with a one-line description (used in error messages).
 pub const KNOWN_KEYS: &[(&str, &str)] = &[
-    ("pretrain_model_name_or_path", "model directory or model-zoo name"),
-    ("do_eval", "evaluate during training (boolean, default True)"),
-    ("enable_distillation", "train with knowledge distillation (boolean)"),
+    (
+        "pretrain_model_name_or_path",
+        "model directory or model-zoo name",
+    ),
+    (
+        "do_eval",
+        "evaluate during training (boolean, default True)",
+    ),
+    (
+        "enable_distillation",
+        "train with knowledge distillation (boolean)",
+    ),
     ("type", "distillation type: vanilla_kd"),
     ("logits_name", "schema column that holds the teacher logits"),
-    ("logits_saved_path", "file of teacher logits, one row per training row"),
+    (
+        "logits_saved_path",
+        "file of teacher logits, one row per training row",
+    ),
     ("temperature", "KD temperature, >= 1"),
     ("alpha", "weight of the teacher term in KD, in [0, 1]"),
     ("teacher_model_path", "teacher checkpoint directory"),
-    ("use_sample_weights", "Meta-KD: weight instances by the prototype weight (boolean)"),
-    ("use_domain_loss", "Meta-KD: add the domain-corruption loss (boolean)"),
-    ("domain_loss_weight", "Meta-KD: weight of the domain loss, >= 0"),
+    (
+        "use_sample_weights",
+        "Meta-KD: weight instances by the prototype weight (boolean)",
+    ),
+    (
+        "use_domain_loss",
+        "Meta-KD: add the domain-corruption loss (boolean)",
+    ),
+    (
+        "domain_loss_weight",
+        "Meta-KD: weight of the domain loss, >= 0",
+    ),
     ("distill_stage", "Meta-KD student stage: first or second"),
     ("genre", "Meta-KD domain to train or evaluate"),
     ("T", "Meta-KD stage-2 temperature, > 0"),
@@ -43,7 +64,11 @@ impl UserParams {
                 bail!(
                     "--user_defined_parameters: unknown key `{key}`; did you mean `{closest}`? \
                      (known keys: {})",
-                    KNOWN_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                    KNOWN_KEYS
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             if values.insert(key.to_string(), value.to_string()).is_some() {
@@ -62,7 +87,10 @@ impl UserParams {
     pub fn require(&self, key: &str) -> Result<&str> {
         match self.get(key) {
             Some(v) => Ok(v),
-            None => bail!("--user_defined_parameters: `{key}=...` is required here ({})", describe(key)),
+            None => bail!(
+                "--user_defined_parameters: `{key}=...` is required here ({})",
+                describe(key)
+            ),
         }
     }
 
@@ -94,7 +122,11 @@ impl UserParams {
 }
 
 fn describe(key: &str) -> &'static str {
-    KNOWN_KEYS.iter().find(|(k, _)| *k == key).map(|(_, d)| *d).unwrap_or("")
+    KNOWN_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, d)| *d)
+        .unwrap_or("")
 }
 
 /// The known key with the smallest edit distance to `key`.
@@ -140,7 +172,9 @@ mod tests {
 
     #[test]
     fn unknown_key_suggests_closest() {
-        let err = UserParams::parse(Some("temperatur=2")).unwrap_err().to_string();
+        let err = UserParams::parse(Some("temperatur=2"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did you mean `temperature`"), "{err}");
     }
 

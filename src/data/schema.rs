@@ -48,7 +48,10 @@ impl Value {
             Value::Float(f) => crate::apps::format::python_float(*f),
             Value::Ints(v) => format!(
                 "[{}]",
-                v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Value::Floats(v) => format!(
                 "[{}]",
@@ -83,7 +86,9 @@ impl Schema {
         for item in text.split(',').map(str::trim) {
             let parts: Vec<&str> = item.split(':').collect();
             let [name, kind, len] = parts[..] else {
-                bail!("--input_schema: `{item}` is not of the form name:type:len (e.g. sent:str:1)");
+                bail!(
+                    "--input_schema: `{item}` is not of the form name:type:len (e.g. sent:str:1)"
+                );
             };
             if name.is_empty() {
                 bail!("--input_schema: `{item}` has an empty column name");
@@ -106,7 +111,11 @@ impl Schema {
             if columns.iter().any(|c| c.name == name) {
                 bail!("--input_schema: column `{name}` appears twice");
             }
-            columns.push(Column { name: name.to_string(), kind, len });
+            columns.push(Column {
+                name: name.to_string(),
+                kind,
+                len,
+            });
         }
         Ok(Schema { columns })
     }
@@ -129,7 +138,9 @@ impl Schema {
 
     /// A schema of only the first `n` columns.
     pub fn prefix(&self, n: usize) -> Schema {
-        Schema { columns: self.columns[..n].to_vec() }
+        Schema {
+            columns: self.columns[..n].to_vec(),
+        }
     }
 
     /// Parses the tab-separated `fields` of one row; `place` is `file:line` for error messages.
@@ -152,7 +163,11 @@ impl Schema {
 
 fn parse_value(col: &Column, raw: &str, place: &str) -> Result<Value> {
     let bad = |what: &str| -> anyhow::Error {
-        anyhow::anyhow!("{place}: column `{}`: `{}` is not {what}", col.name, clip(raw))
+        anyhow::anyhow!(
+            "{place}: column `{}`: `{}` is not {what}",
+            col.name,
+            clip(raw)
+        )
     };
     Ok(match (col.kind, col.len) {
         (ColumnType::Str, _) => Value::Str(raw.to_string()),
@@ -171,7 +186,10 @@ fn parse_value(col: &Column, raw: &str, place: &str) -> Result<Value> {
                 .collect::<Result<_, _>>()
                 .map_err(|_| bad(&format!("{n} comma-separated integers")))?;
             if v.len() != n {
-                return Err(bad(&format!("{n} comma-separated integers (found {})", v.len())));
+                return Err(bad(&format!(
+                    "{n} comma-separated integers (found {})",
+                    v.len()
+                )));
             }
             Value::Ints(v)
         }
@@ -182,7 +200,10 @@ fn parse_value(col: &Column, raw: &str, place: &str) -> Result<Value> {
                 .collect::<Result<_, _>>()
                 .map_err(|_| bad(&format!("{n} comma-separated numbers")))?;
             if v.len() != n {
-                return Err(bad(&format!("{n} comma-separated numbers (found {})", v.len())));
+                return Err(bad(&format!(
+                    "{n} comma-separated numbers (found {})",
+                    v.len()
+                )));
             }
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(bad(&format!("{n} finite numbers")));
@@ -216,12 +237,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_schema_and_rows() {
-        assert!(Schema::parse("a:bool:1").unwrap_err().to_string().contains("expected str, int or float"));
+        assert!(Schema::parse("a:bool:1")
+            .unwrap_err()
+            .to_string()
+            .contains("expected str, int or float"));
         assert!(Schema::parse("a:str").is_err());
         let s = Schema::parse("a:str:1,l:float:2").unwrap();
         let e = s.parse_fields(&["x"], "f.tsv:3").unwrap_err().to_string();
         assert!(e.contains("f.tsv:3") && e.contains("expected 2"), "{e}");
-        let e = s.parse_fields(&["x", "1,2,3"], "f.tsv:4").unwrap_err().to_string();
+        let e = s
+            .parse_fields(&["x", "1,2,3"], "f.tsv:4")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`l`") && e.contains("found 3"), "{e}");
         assert!(s.parse_fields(&["x", "1,nan"], "f:1").is_err());
     }

@@ -77,7 +77,10 @@ impl BertTokenizer {
             .map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(encodings
             .into_iter()
-            .map(|e| Encoded { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
+            .map(|e| Encoded {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+            })
             .collect())
     }
 
@@ -101,7 +104,10 @@ fn from_vocab(vocab: &Path) -> Result<Tokenizer> {
     let mut tk = Tokenizer::new(wordpiece);
     tk.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
-    tk.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    tk.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), sep),
+        ("[CLS]".into(), cls),
+    )));
     Ok(tk)
 }
 

@@ -31,9 +31,23 @@ impl Classifier {
     }
 
     /// Logits plus the encoder outputs kept by `taps`.
-    pub fn forward_with(&self, batch: &Batch, taps: Taps, ctx: &ForwardCtx) -> Result<(Tensor, EncoderOutput)> {
-        let out = self.bert.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, taps, ctx)?;
-        let pooled = out.pooled.as_ref().expect("classifier always loads a pooler");
+    pub fn forward_with(
+        &self,
+        batch: &Batch,
+        taps: Taps,
+        ctx: &ForwardCtx,
+    ) -> Result<(Tensor, EncoderOutput)> {
+        let out = self.bert.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            taps,
+            ctx,
+        )?;
+        let pooled = out
+            .pooled
+            .as_ref()
+            .expect("classifier always loads a pooler");
         let logits = self.head.forward(&ctx.dropout(pooled, self.dropout)?)?;
         Ok((logits, out))
     }
@@ -41,7 +55,13 @@ impl Classifier {
 
 /// Initialises the pooler and classifier weights that `params` lacks (N(0, initializer_range), zero
 /// bias) and returns the names it created.
-pub fn init_head(params: &mut Params, cfg: &BertConfig, num_labels: usize, rng: &mut Rng, device: &Device) -> anyhow::Result<Vec<String>> {
+pub fn init_head(
+    params: &mut Params,
+    cfg: &BertConfig,
+    num_labels: usize,
+    rng: &mut Rng,
+    device: &Device,
+) -> anyhow::Result<Vec<String>> {
     let h = cfg.hidden_size;
     let std = cfg.initializer_range;
     let mut created = Vec::new();

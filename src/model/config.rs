@@ -71,13 +71,20 @@ impl BertConfig {
         cfg.raw = raw;
         if let Some(t) = cfg.raw.get("model_type").and_then(|v| v.as_str()) {
             if t != "bert" {
-                bail!("{}: model_type `{t}` is not supported (only bert)", path.display());
+                bail!(
+                    "{}: model_type `{t}` is not supported (only bert)",
+                    path.display()
+                );
             }
         }
         if cfg.hidden_act != "gelu" {
-            bail!("{}: hidden_act `{}` is not supported (only gelu)", path.display(), cfg.hidden_act);
+            bail!(
+                "{}: hidden_act `{}` is not supported (only gelu)",
+                path.display(),
+                cfg.hidden_act
+            );
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             bail!(
                 "{}: hidden_size {} is not divisible by num_attention_heads {}",
                 path.display(),

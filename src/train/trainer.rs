@@ -5,7 +5,7 @@ use super::metrics::EvalReport;
 use super::optimizer::{Optimizer, StepParams};
 use super::schedule::LinearSchedule;
 use crate::cli::args::OptimizerKind;
-use crate::data::batch::{batch_indices, make_batch, Batch, Example};
+use crate::data::batch::{bucketed_batches, make_batch, Batch, Example};
 use crate::logging;
 use crate::model::bert::ForwardCtx;
 use crate::model::params::Params;
@@ -67,7 +67,13 @@ pub trait TrainTask {
     /// Validation metrics, or None when the run does not evaluate.
     fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>>;
     /// Persists the model (and optimizer state).
-    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()>;
+    fn save(
+        &self,
+        params: &Params,
+        opt: &Optimizer,
+        state: &TrainState,
+        reason: SaveReason,
+    ) -> Result<()>;
     /// Whether to keep a copy at every evaluation.
     fn save_all(&self) -> bool;
 }
@@ -83,7 +89,9 @@ pub fn train(
 ) -> Result<TrainState> {
     let s = settings;
     let batches_per_epoch = examples.len().div_ceil(s.batch_size);
-    let total = ((batches_per_epoch as f64 / s.grad_accum as f64) * s.epochs).ceil().max(1.0) as usize;
+    let total = ((batches_per_epoch as f64 / s.grad_accum as f64) * s.epochs)
+        .ceil()
+        .max(1.0) as usize;
     let schedule = LinearSchedule::new(s.learning_rate, s.warmup_proportion, total);
     let mut opt = Optimizer::new(params, s.optimizer, s.weight_decay);
     let mut state = TrainState::default();
@@ -98,12 +106,13 @@ pub fn train(
         params.count()
     ));
     let epochs = (total * s.grad_accum).div_ceil(batches_per_epoch.max(1));
+    let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
     let mut micro = 0usize;
     let skip = state.global_step * s.grad_accum;
     let mut last_eval_step = None;
     'epochs: for epoch in 0..epochs {
         let mut rng = Rng::new(s.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37_79B9));
-        let order = batch_indices(examples.len(), s.batch_size, Some(&mut rng));
+        let order = bucketed_batches(&lengths, s.batch_size, Some(&mut rng));
         let (mut loss_sum, mut loss_n) = (0f64, 0usize);
         let (mut window_rows, mut window_start) = (0usize, Instant::now());
         let mut acc: Option<GradStore> = None;
@@ -118,11 +127,15 @@ pub fn train(
             }
             let rows: Vec<&Example> = idx.iter().map(|&j| &examples[j]).collect();
             let batch = make_batch(&rows, device)?;
-            let ctx = ForwardCtx::train(s.seed ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let ctx =
+                ForwardCtx::train(s.seed ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             let loss = task.loss(params, &batch, &ctx)?;
             let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
-                anyhow::bail!("training diverged: loss is {loss_value} at optimizer step {}", opt.steps + 1);
+                anyhow::bail!(
+                    "training diverged: loss is {loss_value} at optimizer step {}",
+                    opt.steps + 1
+                );
             }
             loss_sum += loss_value;
             loss_n += 1;
@@ -133,20 +146,34 @@ pub fn train(
                 Some(prev) => add_grads(prev, grads, params)?,
             });
             let end_of_epoch = i + 1 == order.len();
-            if micro % s.grad_accum != 0 && !end_of_epoch {
+            if !micro.is_multiple_of(s.grad_accum) && !end_of_epoch {
                 continue;
             }
             let grads = acc.take().expect("accumulated gradients");
             let micro_in_step = (micro - 1) % s.grad_accum + 1;
             let avg = 1.0 / micro_in_step as f64;
             let norm = opt.grad_norm(&grads)? * avg;
-            let clip = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm { s.max_grad_norm / (norm + 1e-6) } else { 1.0 };
+            let clip = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm {
+                s.max_grad_norm / (norm + 1e-6)
+            } else {
+                1.0
+            };
             let lr = schedule.lr(opt.steps);
-            opt.step(&grads, StepParams { lr, grad_scale: avg * clip })?;
+            opt.step(
+                &grads,
+                StepParams {
+                    lr,
+                    grad_scale: avg * clip,
+                },
+            )?;
             drop(grads);
             state.global_step = opt.steps;
-            logging::progress(opt.steps, total, &format!("loss {:.4}", loss_sum / loss_n as f64));
-            if opt.steps % s.logging_steps.max(1) == 0 {
+            logging::progress(
+                opt.steps,
+                total,
+                &format!("loss {:.4}", loss_sum / loss_n as f64),
+            );
+            if opt.steps.is_multiple_of(s.logging_steps.max(1)) {
                 let secs = window_start.elapsed().as_secs_f64();
                 logging::info(format!(
                     "Epoch [{}/{epochs}], step [{}/{total}], lr {lr:.6}, loss {:.4}, {:.1} examples/s",
@@ -157,7 +184,7 @@ pub fn train(
                 ));
                 (window_rows, window_start) = (0, Instant::now());
             }
-            if s.save_checkpoint_steps.is_some_and(|n| opt.steps % n == 0) {
+            if s.save_checkpoint_steps.is_some_and(|n| opt.steps.is_multiple_of(n)) {
                 evaluate_and_keep(task, params, &opt, &mut state)?;
                 last_eval_step = Some(opt.steps);
             }
@@ -175,17 +202,29 @@ pub fn train(
 }
 
 /// Evaluates, saves when the accuracy beats the best so far (always when there is no evaluation).
-fn evaluate_and_keep(task: &dyn TrainTask, params: &Params, opt: &Optimizer, state: &mut TrainState) -> Result<()> {
+fn evaluate_and_keep(
+    task: &dyn TrainTask,
+    params: &Params,
+    opt: &Optimizer,
+    state: &mut TrainState,
+) -> Result<()> {
     match task.evaluate(params)? {
         Some(report) => {
-            logging::info(format!("Evaluation at global step {}: {}", opt.steps, report.summary()));
+            logging::info(format!(
+                "Evaluation at global step {}: {}",
+                opt.steps,
+                report.summary()
+            ));
             if task.save_all() {
                 task.save(params, opt, state, SaveReason::Step(opt.steps))?;
             }
             if state.best_accuracy.is_none_or(|b| report.accuracy > b) {
                 state.best_accuracy = Some(report.accuracy);
                 task.save(params, opt, state, SaveReason::Best)?;
-                logging::info(format!("new best accuracy {:.4}: checkpoint saved", report.accuracy));
+                logging::info(format!(
+                    "new best accuracy {:.4}: checkpoint saved",
+                    report.accuracy
+                ));
             }
         }
         None => task.save(params, opt, state, SaveReason::Best)?,

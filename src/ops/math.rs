@@ -1,0 +1,120 @@
+//! Branch-free f32 `exp` and GELU helpers that the compiler auto-vectorises. libm's `erff`
+//! (behind candle's `gelu_erf`) measured ~35 ns per call on mixed-sign inputs, 4-5x slower than
+//! `gelu` below; these stay within ~1e-6 relative of the exact values (see the tests).
+
+use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E};
+
+/// `1 / sqrt(2 pi)`.
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// `exp(x)` to ~1 ulp (Cephes `expf` polynomial). Returns 0 below -87.3 (where the result
+/// would be subnormal) and saturates at `exp(88.3)`; NaN propagates.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    let xc = x.clamp(-87.3, 88.3);
+    // Round x / ln2 to the nearest integer n with the 1.5 * 2^23 trick: n then sits in the low
+    // mantissa bits of `k`, so `k.to_bits() << 23` is n shifted into the exponent field.
+    let k = xc * LOG2_E + 12_582_912.0;
+    let n = k - 12_582_912.0;
+    let r = xc - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 0.166_666_65;
+    let p = p * r + 0.5;
+    let exp_r = p * r * r + r + 1.0;
+    let two_n = f32::from_bits((k.to_bits() << 23).wrapping_add(127 << 23));
+    if x < -87.3 {
+        0.0
+    } else {
+        exp_r * two_n
+    }
+}
+
+/// Pieces of `erfc(z) = t * exp(-z^2 + p(t))` for `z = |x| / sqrt(2)`: returns `(t, p(t))`,
+/// with `t = 1 / (1 + z / 2)` and `p` the Numerical Recipes `erfcc` Chebyshev fit (fractional
+/// error < 1.2e-7 in exact arithmetic).
+#[inline(always)]
+fn erfc_parts(x: f32) -> (f32, f32) {
+    let t = 1.0 / (1.0 + 0.5 * FRAC_1_SQRT_2 * x.abs());
+    let p = 0.170_872_77;
+    let p = p * t - 0.822_152_23;
+    let p = p * t + 1.488_515_9;
+    let p = p * t - 1.135_204;
+    let p = p * t + 0.278_868_07;
+    let p = p * t - 0.186_288_06;
+    let p = p * t + 0.096_784_18;
+    let p = p * t + 0.374_091_96;
+    let p = p * t + 1.000_023_7;
+    let p = p * t - 1.265_512_2;
+    (t, p)
+}
+
+/// Normal CDF `0.5 * (1 + erf(x / sqrt(2)))` from `half_erfc = 0.5 * erfc(|x| / sqrt(2))`;
+/// going through erfc keeps full relative precision in the negative tail.
+#[inline(always)]
+fn normal_cdf(x: f32, half_erfc: f32) -> f32 {
+    if x < 0.0 {
+        half_erfc
+    } else {
+        1.0 - half_erfc
+    }
+}
+
+/// Exact-erf GELU `0.5 * x * (1 + erf(x / sqrt(2)))`.
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    let (t, p) = erfc_parts(x);
+    x * normal_cdf(x, 0.5 * t * exp(p - 0.5 * x * x))
+}
+
+/// GELU derivative `0.5 * (1 + erf(x / sqrt(2))) + x * exp(-x^2 / 2) / sqrt(2 pi)`.
+#[inline(always)]
+pub(crate) fn gelu_grad(x: f32) -> f32 {
+    let (t, p) = erfc_parts(x);
+    let exp_neg_half_x2 = exp(-0.5 * x * x);
+    let cdf = normal_cdf(x, 0.5 * t * exp_neg_half_x2 * exp(p));
+    cdf + x * exp_neg_half_x2 * INV_SQRT_2PI
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::cpu::erf::erfc_f64;
+
+    /// Sweeps `[lo, hi)` and returns the worst relative error of `f` against `exact`.
+    fn worst(lo: f32, hi: f32, f: impl Fn(f32) -> f32, exact: impl Fn(f64) -> f64) -> f64 {
+        let steps = 200_000;
+        (0..steps)
+            .map(|i| lo + (hi - lo) * i as f32 / steps as f32)
+            .map(|x| {
+                let want = exact(x as f64);
+                (f(x) as f64 - want).abs() / want.abs().max(1e-30)
+            })
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn exp_accuracy() {
+        assert!(worst(-87.0, 88.0, super::exp, f64::exp) < 2e-7);
+        assert_eq!(super::exp(-100.0), 0.0);
+        assert_eq!(super::exp(f32::MIN), 0.0);
+        assert!(super::exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn gelu_accuracy() {
+        let gelu = |x: f64| 0.5 * x * erfc_f64(-x / 2f64.sqrt());
+        let grad = |x: f64| {
+            0.5 * erfc_f64(-x / 2f64.sqrt())
+                + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+        };
+        // Relative to the exact value; the derivative is skipped near its root (x ~ -0.75) and
+        // the far negative tail is looser because -x^2/2 is rounded to f32 before the exp.
+        assert!(worst(-5.0, 10.0, super::gelu, gelu) < 1.5e-6);
+        assert!(worst(-10.0, -5.0, super::gelu, gelu) < 4e-6);
+        assert!(worst(-5.0, -0.9, super::gelu_grad, grad) < 2e-6);
+        assert!(worst(-0.6, 10.0, super::gelu_grad, grad) < 2e-6);
+        assert!(worst(-10.0, -5.0, super::gelu_grad, grad) < 4e-6);
+    }
+}

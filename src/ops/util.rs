@@ -1,0 +1,125 @@
+//! Helpers shared by the fused CPU kernels: dispatch checks, slice access, vectorisable
+//! reductions, row-parallel loops with column accumulators and packed-gradient splitting.
+
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows per work item in kernels that also reduce over rows. It is fixed (not derived from the
+/// thread count) so that column sums are bit-for-bit reproducible on any machine.
+const ROW_BLOCK: usize = 32;
+
+/// Elements per work item in purely elementwise kernels.
+pub(crate) const ELEM_BLOCK: usize = 4096;
+
+/// True when all tensors are f32 and on the CPU and the first one is non-empty, i.e. when the
+/// fused kernels apply; otherwise callers fall back to the `reference` implementation.
+pub(crate) fn use_fused(tensors: &[&Tensor]) -> bool {
+    tensors
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        && tensors.first().is_some_and(|t| t.elem_count() > 0)
+}
+
+/// Borrows the f32 data of a contiguous `layout` in `storage`; errors on any other dtype or on a
+/// strided layout (the public wrappers call `.contiguous()` before applying an op).
+pub(crate) fn f32_slice<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("{op}: expected an f32 tensor")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+/// `sum_i f(a[i])` accumulated in f64 over 8 independent lanes, so that the loop vectorises.
+#[inline]
+pub(crate) fn sum_f64(a: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = a.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += f(v);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// Maximum of `a` (`-inf` if empty) over 8 independent lanes, so that the loop vectorises.
+#[inline]
+pub(crate) fn max_f32(a: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = a.chunks_exact(8);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
+        }
+    }
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// Dot product `sum_i a[i] * b[i]` accumulated in f64 over 8 independent lanes.
+#[inline]
+pub(crate) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = (ca.remainder().iter().zip(cb.remainder()))
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(xa).zip(xb) {
+            *lane += x as f64 * y as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// Calls `row_fn(row_index, out_row, acc)` for every row (of length `h`) of `out`, in parallel
+/// over fixed blocks of rows. Each block owns a zeroed accumulator of `acc_len` values that
+/// `row_fn` adds into (e.g. parameter gradients); the block accumulators are summed in block
+/// order and returned, so the result does not depend on the number of threads.
+pub(crate) fn par_rows_with_acc<F>(out: &mut [f32], h: usize, acc_len: usize, row_fn: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+{
+    let partials: Vec<Vec<f32>> = out
+        .par_chunks_mut(ROW_BLOCK * h)
+        .enumerate()
+        .map(|(block, rows)| {
+            let mut acc = vec![0f32; acc_len];
+            for (i, row) in rows.chunks_mut(h).enumerate() {
+                row_fn(block * ROW_BLOCK + i, row, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f32; acc_len];
+    for partial in &partials {
+        for (t, &p) in total.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+    total
+}
+
+/// Splits a flat buffer holding several gradients back to back into views of the given shapes
+/// (no copies: the views share the buffer's storage).
+pub(crate) fn split_packed(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {
+    let mut offset = 0;
+    let mut parts = Vec::with_capacity(shapes.len());
+    for &shape in shapes {
+        let n = shape.elem_count();
+        parts.push(packed.narrow(0, offset, n)?.reshape(shape)?);
+        offset += n;
+    }
+    Ok(parts)
+}

@@ -1,0 +1,299 @@
+//! Parity tests for the fused CPU kernels in `easynlp::ops` against the unfused candle
+//! `reference` versions: forward values and the gradients of `sum(output * w)` (for a fixed
+//! random `w`) with respect to every differentiable input.
+//!
+//! Error metric, per tensor: `max|fused - ref| / max(1e-6, max|ref|)`, which must be <= 1e-5;
+//! any NaN or infinity in either tensor counts as a failure.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use easynlp::ops::{self, reference};
+
+const TOL: f32 = 1e-5;
+
+/// Small deterministic xorshift64* generator, so failures are reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+        bits as f32 / (1u64 << 24) as f32
+    }
+
+    /// Tensor of uniform values in `[lo, hi)`.
+    fn tensor(&mut self, dims: &[usize], lo: f32, hi: f32) -> Tensor {
+        let n = dims.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * self.next_f32()).collect();
+        Tensor::from_vec(data, dims, &Device::Cpu).unwrap()
+    }
+}
+
+/// `max|a - b| / max(1e-6, max|b|)`; infinite if shapes differ or a value is not finite.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    if a.dims() != b.dims() {
+        return f32::INFINITY;
+    }
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    if a.iter().chain(&b).any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    diff / scale.max(1e-6)
+}
+
+fn assert_close(what: &str, fused: &Tensor, reference: &Tensor) {
+    let err = rel_err(fused, reference);
+    assert!(err <= TOL, "{what}: relative error {err:e} > {TOL:e}");
+}
+
+/// Output of `f(inputs)` and the gradients of `sum(output * w)` w.r.t. every input.
+fn forward_backward(
+    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    w: &Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&xs).unwrap();
+    let grads = (&out * w).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = xs
+        .iter()
+        .map(|x| grads.get(x).expect("missing gradient").clone())
+        .collect();
+    (out, grads)
+}
+
+/// Checks fused vs reference outputs and gradients; `w` is drawn to match the output shape.
+fn check_parity(
+    name: &str,
+    fused: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    unfused: &dyn Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    rng: &mut Rng,
+) {
+    let out_dims = unfused(inputs).unwrap().dims().to_vec();
+    let w = rng.tensor(&out_dims, -1.0, 1.0);
+    let (out_f, grads_f) = forward_backward(fused, inputs, &w);
+    let (out_r, grads_r) = forward_backward(unfused, inputs, &w);
+    assert_close(&format!("{name} forward"), &out_f, &out_r);
+    for (i, (gf, gr)) in grads_f.iter().zip(&grads_r).enumerate() {
+        assert_close(&format!("{name} grad of input {i}"), gf, gr);
+    }
+}
+
+/// `[2, 7]` mask bias: batch 0 pads keys 5 and 6 with -10000, batch 1 pads key 6 with f32::MIN.
+fn padding_mask() -> Tensor {
+    let mut m = vec![0f32; 14];
+    m[5] = -10000.0;
+    m[6] = -10000.0;
+    m[13] = f32::MIN;
+    Tensor::from_vec(m, (2, 7), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn rel_err_detects_small_differences() {
+    let mut rng = Rng(7);
+    let b = rng.tensor(&[4, 9], -1.0, 1.0);
+    let a = (&b + 1e-4).unwrap();
+    assert!(rel_err(&a, &b) > TOL);
+    assert!(rel_err(&b, &b) == 0.0);
+    let nan = (&b * f64::NAN).unwrap();
+    assert!(rel_err(&nan, &b).is_infinite());
+}
+
+#[test]
+fn attention_softmax_parity() {
+    let mut rng = Rng(1);
+    let mask = padding_mask();
+    let scale = 1.0 / 8.0;
+    let scores = rng.tensor(&[2, 12, 7, 7], -10.0, 10.0);
+    check_parity(
+        "attention_softmax",
+        &|t| ops::attention_softmax(&t[0], &mask, scale),
+        &|t| reference::attention_softmax(&t[0], &mask, scale),
+        &[scores],
+        &mut rng,
+    );
+}
+
+#[test]
+fn attention_softmax_masked_rows() {
+    let mut rng = Rng(2);
+    // Batch 0: only key 2 is real; batch 1: every key is padded with f32::MIN.
+    let mut m = vec![-10000f32; 7];
+    m[2] = 0.0;
+    m.extend([f32::MIN; 7]);
+    let mask = Tensor::from_vec(m, (2, 7), &Device::Cpu).unwrap();
+    let scores = rng.tensor(&[2, 3, 4, 7], -10.0, 10.0);
+    let y: Vec<f32> = ops::attention_softmax(&scores, &mask, 0.125)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (rows, k) = (2 * 3 * 4, 7);
+    for row in 0..rows {
+        for key in 0..k {
+            let v = y[row * k + key];
+            let want = match (row < rows / 2, key == 2) {
+                (true, true) => 1.0,
+                (true, false) => 0.0,
+                (false, _) => 1.0 / 7.0,
+            };
+            assert!(
+                (v - want).abs() < 1e-6,
+                "row {row} key {key}: {v} vs {want}"
+            );
+        }
+    }
+    check_parity(
+        "attention_softmax (masked rows)",
+        &|t| ops::attention_softmax(&t[0], &mask, 0.125),
+        &|t| reference::attention_softmax(&t[0], &mask, 0.125),
+        &[scores],
+        &mut rng,
+    );
+}
+
+#[test]
+fn attention_softmax_takes_fused_path_on_cpu() {
+    // With -inf padding on every key the reference yields NaN while the fused kernel returns
+    // zeros: this proves the CPU/f32 dispatch really runs the fused op.
+    let mask = Tensor::full(f32::NEG_INFINITY, (1, 5), &Device::Cpu).unwrap();
+    let scores = Rng(3).tensor(&[1, 2, 3, 5], -1.0, 1.0);
+    let fused = ops::attention_softmax(&scores, &mask, 1.0).unwrap();
+    let unfused = reference::attention_softmax(&scores, &mask, 1.0).unwrap();
+    let fused: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
+    let unfused: Vec<f32> = unfused.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(fused.iter().all(|&v| v == 0.0));
+    assert!(unfused.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn layer_norm_parity() {
+    let mut rng = Rng(4);
+    // A row offset keeps the mean away from zero, as in real hidden states.
+    let x = rng.tensor(&[2, 5, 384], -2.0, 3.0);
+    let gamma = rng.tensor(&[384], 0.5, 1.5);
+    let beta = rng.tensor(&[384], -0.5, 0.5);
+    check_parity(
+        "layer_norm",
+        &|t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-12),
+        &|t| reference::layer_norm(&t[0], &t[1], &t[2], 1e-12),
+        &[x, gamma, beta],
+        &mut rng,
+    );
+    // Odd hidden size (exercises the non-multiple-of-8 tails) and a 2-D input.
+    let x = rng.tensor(&[9, 37], -1.0, 1.0);
+    let gamma = rng.tensor(&[37], 0.5, 1.5);
+    let beta = rng.tensor(&[37], -0.5, 0.5);
+    check_parity(
+        "layer_norm (odd H)",
+        &|t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+        &|t| reference::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+        &[x, gamma, beta],
+        &mut rng,
+    );
+}
+
+#[test]
+fn gelu_erf_parity() {
+    let mut rng = Rng(5);
+    let x = rng.tensor(&[2, 5, 1536], -6.0, 6.0);
+    check_parity(
+        "gelu_erf",
+        &|t| ops::gelu_erf(&t[0]),
+        &|t| reference::gelu_erf(&t[0]),
+        &[x],
+        &mut rng,
+    );
+}
+
+#[test]
+fn bias_gelu_erf_parity() {
+    let mut rng = Rng(6);
+    let x = rng.tensor(&[2, 5, 1536], -5.0, 5.0);
+    let bias = rng.tensor(&[1536], -1.0, 1.0);
+    check_parity(
+        "bias_gelu_erf",
+        &|t| ops::bias_gelu_erf(&t[0], &t[1]),
+        &|t| reference::bias_gelu_erf(&t[0], &t[1]),
+        &[x, bias],
+        &mut rng,
+    );
+}
+
+#[test]
+fn non_contiguous_inputs() {
+    let mut rng = Rng(8);
+    // The inputs are transposed views and the outputs are transposed back, so both the forward
+    // input and the incoming gradient of the fused ops are strided.
+    let mask = padding_mask();
+    let scores_t = rng.tensor(&[2, 12, 7, 5], -10.0, 10.0);
+    let view = scores_t.transpose(2, 3).unwrap();
+    assert!(!view.is_contiguous());
+    let fused = ops::attention_softmax(&view, &mask, 0.125).unwrap();
+    let copied = ops::attention_softmax(&view.contiguous().unwrap(), &mask, 0.125).unwrap();
+    assert_eq!(rel_err(&fused, &copied), 0.0);
+    check_parity(
+        "attention_softmax (transposed)",
+        &|t| ops::attention_softmax(&t[0].transpose(2, 3)?, &mask, 0.125)?.transpose(2, 3),
+        &|t| reference::attention_softmax(&t[0].transpose(2, 3)?, &mask, 0.125)?.transpose(2, 3),
+        &[scores_t],
+        &mut rng,
+    );
+
+    let x_t = rng.tensor(&[2, 384, 5], -2.0, 3.0);
+    let gamma = rng.tensor(&[384], 0.5, 1.5);
+    let beta = rng.tensor(&[384], -0.5, 0.5);
+    check_parity(
+        "layer_norm (transposed)",
+        &|t| ops::layer_norm(&t[0].transpose(1, 2)?, &t[1], &t[2], 1e-12)?.transpose(1, 2),
+        &|t| reference::layer_norm(&t[0].transpose(1, 2)?, &t[1], &t[2], 1e-12)?.transpose(1, 2),
+        &[x_t, gamma, beta],
+        &mut rng,
+    );
+
+    let x_t = rng.tensor(&[2, 64, 5], -5.0, 5.0);
+    let bias = rng.tensor(&[64], -1.0, 1.0);
+    check_parity(
+        "bias_gelu_erf (transposed)",
+        &|t| ops::bias_gelu_erf(&t[0].transpose(1, 2)?, &t[1])?.transpose(1, 2),
+        &|t| reference::bias_gelu_erf(&t[0].transpose(1, 2)?, &t[1])?.transpose(1, 2),
+        &[x_t.clone(), bias],
+        &mut rng,
+    );
+    check_parity(
+        "gelu_erf (transposed)",
+        &|t| ops::gelu_erf(&t[0].transpose(1, 2)?)?.transpose(1, 2),
+        &|t| reference::gelu_erf(&t[0].transpose(1, 2)?)?.transpose(1, 2),
+        &[x_t],
+        &mut rng,
+    );
+}
+
+#[test]
+fn non_f32_inputs_fall_back_to_reference() {
+    let mut rng = Rng(9);
+    let x = rng
+        .tensor(&[3, 16], -2.0, 2.0)
+        .to_dtype(DType::F64)
+        .unwrap();
+    let gamma = Tensor::ones(16, DType::F64, &Device::Cpu).unwrap();
+    let beta = Tensor::zeros(16, DType::F64, &Device::Cpu).unwrap();
+    let y = ops::layer_norm(&x, &gamma, &beta, 1e-12).unwrap();
+    assert_eq!(y.dtype(), DType::F64);
+    let y = ops::gelu_erf(&x).unwrap();
+    assert_eq!(y.dtype(), DType::F64);
+}

@@ -30,9 +30,7 @@ fn shared_models() -> PathBuf {
 }
 
 fn batch(seq: usize, vocab: usize, rng: &mut Rng, device: &Device) -> Batch {
-    let mut ids: Vec<u32> = (0..BATCH * seq)
-        .map(|_| 1000 + rng.below(vocab - 1000) as u32)
-        .collect();
+    let mut ids: Vec<u32> = (0..BATCH * seq).map(|_| 1000 + rng.below(vocab - 1000) as u32).collect();
     for r in 0..BATCH {
         ids[r * seq] = 101;
         ids[r * seq + seq - 1] = 102;
@@ -61,34 +59,20 @@ fn time(steps: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     easynlp::alloc::keep_freed_memory();
-    let steps: usize = std::env::var("BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let device = Device::Cpu;
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    println!(
-        "easynlp-rs throughput, batch {BATCH}, {threads} threads, {steps} timed steps per case"
-    );
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("easynlp-rs throughput, batch {BATCH}, {threads} threads, {steps} timed steps per case");
     println!("| model | seq | train ex/s | train s/step | infer ex/s | infer s/batch |");
     println!("|---|---|---|---|---|---|");
-    let only = |var: &str, value: &str| {
-        std::env::var(var)
-            .map(|v| v.split(',').any(|x| x == value))
-            .unwrap_or(true)
-    };
+    let only = |var: &str, value: &str| std::env::var(var).map(|v| v.split(',').any(|x| x == value)).unwrap_or(true);
     for name in ["minilm-l6", "minilm-l3"] {
         if !only("BENCH_MODELS", name) {
             continue;
         }
         let dir = shared_models().join(name);
         if !dir.join("config.json").is_file() {
-            eprintln!(
-                "!!! SKIPPED {name}: {} not found (set EASYNLP_SHARED)",
-                dir.display()
-            );
+            eprintln!("!!! SKIPPED {name}: {} not found (set EASYNLP_SHARED)", dir.display());
             continue;
         }
         let cfg = BertConfig::load(&dir).unwrap();
@@ -110,17 +94,9 @@ fn main() {
                 seed += 1;
                 let model = Classifier::load(&cfg, &|n| params.trainable(n)).unwrap();
                 let logits = model.forward(&b, &ForwardCtx::train(seed)).unwrap();
-                let loss =
-                    candle_nn::loss::cross_entropy(&logits, b.labels.as_ref().unwrap()).unwrap();
+                let loss = candle_nn::loss::cross_entropy(&logits, b.labels.as_ref().unwrap()).unwrap();
                 let grads = loss.backward().unwrap();
-                opt.step(
-                    &grads,
-                    StepParams {
-                        lr: 1e-5,
-                        grad_scale: 1.0,
-                    },
-                )
-                .unwrap();
+                opt.step(&grads, StepParams { lr: 1e-5, grad_scale: 1.0 }).unwrap();
             });
             let infer = time(steps, || {
                 let model = Classifier::load(&cfg, &|n| params.frozen(n)).unwrap();

@@ -7,6 +7,7 @@ pub mod apps;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod distill;
 pub mod logging;
 pub mod model;
 pub mod ops;

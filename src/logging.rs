@@ -22,11 +22,7 @@ pub fn progress(done: usize, total: usize, label: &str) {
     }
     let width = 30;
     let filled = (done * width / total).min(width);
-    eprint!(
-        "\r[{}{}] {done}/{total} {label}\x1b[K",
-        "#".repeat(filled),
-        " ".repeat(width - filled)
-    );
+    eprint!("\r[{}{}] {done}/{total} {label}\x1b[K", "#".repeat(filled), " ".repeat(width - filled));
 }
 
 fn clear_progress() {
@@ -37,10 +33,7 @@ fn clear_progress() {
 
 /// The current UTC time as `YYYY-mm-dd HH:MM:SS`.
 pub fn timestamp() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -52,10 +45,5 @@ pub fn timestamp() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
 }

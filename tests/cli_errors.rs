@@ -20,18 +20,12 @@ fn expect_train_error(edit: impl Fn(&mut Vec<String>, &Path), needles: &[&str]) 
     for n in needles {
         assert!(err.contains(n), "stderr lacks `{n}`:\n{err}");
     }
-    assert!(
-        !ckpt.join("model.safetensors").exists(),
-        "no model is written on bad input"
-    );
+    assert!(!ckpt.join("model.safetensors").exists(), "no model is written on bad input");
 }
 
 fn set(args: &mut [String], flag: &str, value: String) {
     let prefix = format!("--{flag}=");
-    let slot = args
-        .iter_mut()
-        .find(|a| a.starts_with(&prefix))
-        .expect("flag present");
+    let slot = args.iter_mut().find(|a| a.starts_with(&prefix)).expect("flag present");
     *slot = format!("{prefix}{value}");
 }
 
@@ -52,13 +46,7 @@ fn missing_table_file() {
 #[test]
 fn row_with_too_few_columns() {
     expect_train_error(
-        |a, d| {
-            set(
-                a,
-                "tables",
-                write(d, "few.tsv", "good movie\t1\nbad movie\n"),
-            )
-        },
+        |a, d| set(a, "tables", write(d, "few.tsv", "good movie\t1\nbad movie\n")),
         &["few.tsv:2", "expected 2", "found 1"],
     );
 }
@@ -66,13 +54,7 @@ fn row_with_too_few_columns() {
 #[test]
 fn row_with_too_many_columns() {
     expect_train_error(
-        |a, d| {
-            set(
-                a,
-                "tables",
-                write(d, "many.tsv", "good movie\t1\nbad\tmovie\t0\n"),
-            )
-        },
+        |a, d| set(a, "tables", write(d, "many.tsv", "good movie\t1\nbad\tmovie\t0\n")),
         &["many.tsv:2", "expected 2", "found 3"],
     );
 }
@@ -80,13 +62,7 @@ fn row_with_too_many_columns() {
 #[test]
 fn label_not_enumerated() {
     expect_train_error(
-        |a, d| {
-            set(
-                a,
-                "tables",
-                write(d, "lab.tsv", "good movie\t1\nbad movie\tneg\n"),
-            )
-        },
+        |a, d| set(a, "tables", write(d, "lab.tsv", "good movie\t1\nbad movie\tneg\n")),
         &["lab.tsv:2", "`label`", "`neg`", "--label_enumerate_values"],
     );
 }
@@ -119,10 +95,7 @@ fn schema_type_not_supported() {
 
 #[test]
 fn first_sequence_not_in_schema() {
-    expect_train_error(
-        |a, _| set(a, "first_sequence", "text".into()),
-        &["--first_sequence", "`text`", "sent, label"],
-    );
+    expect_train_error(|a, _| set(a, "first_sequence", "text".into()), &["--first_sequence", "`text`", "sent, label"]);
 }
 
 #[test]
@@ -135,18 +108,12 @@ fn sequence_length_above_model_limit() {
 
 #[test]
 fn zero_batch_size() {
-    expect_train_error(
-        |a, _| set(a, "micro_batch_size", "0".into()),
-        &["--micro_batch_size"],
-    );
+    expect_train_error(|a, _| set(a, "micro_batch_size", "0".into()), &["--micro_batch_size"]);
 }
 
 #[test]
 fn empty_table() {
-    expect_train_error(
-        |a, d| set(a, "tables", write(d, "empty.tsv", "")),
-        &["empty.tsv", "no rows"],
-    );
+    expect_train_error(|a, d| set(a, "tables", write(d, "empty.tsv", "")), &["empty.tsv", "no rows"]);
 }
 
 #[test]
@@ -176,10 +143,7 @@ fn predict_without_checkpoint() {
     ]);
     let err = stderr(&out);
     assert!(!out.status.success());
-    assert!(
-        err.contains("no-ckpt") && err.contains("does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("no-ckpt") && err.contains("does not exist"), "{err}");
     assert!(!out_file.exists(), "no partial output");
     // A pretrained model directory is not a fine-tuned checkpoint either.
     let model = tiny_bert(&tmp.path().join("model"), 1, true);
@@ -193,10 +157,6 @@ fn predict_without_checkpoint() {
         format!("--checkpoint_dir={}", model.display()),
     ]);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no classifier weights"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("no classifier weights"), "{}", stderr(&out));
     assert!(!out_file.exists());
 }

@@ -16,13 +16,7 @@ fn train_tiny(root: &Path) -> std::path::PathBuf {
     let ckpt = root.join("ckpt");
     let out = easynlp_owned(&sentiment_train_args(&model, &ckpt));
     assert!(out.status.success(), "train failed: {}", stderr(&out));
-    for f in [
-        "model.safetensors",
-        "config.json",
-        "vocab.txt",
-        "label_mapping.json",
-        "train_config.json",
-    ] {
+    for f in ["model.safetensors", "config.json", "vocab.txt", "label_mapping.json", "train_config.json"] {
         assert!(ckpt.join(f).is_file(), "checkpoint lacks {f}");
     }
     ckpt
@@ -44,31 +38,19 @@ fn predict(ckpt: &Path, table: &str, out_file: &Path, extra: &[&str]) -> Vec<Str
     args.extend(extra.iter().map(|s| s.to_string()));
     let out = easynlp_owned(&args);
     assert!(out.status.success(), "predict failed: {}", stderr(&out));
-    std::fs::read_to_string(out_file)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
+    std::fs::read_to_string(out_file).unwrap().lines().map(String::from).collect()
 }
 
 #[test]
 fn predict_writes_one_line_per_row_for_any_batch_remainder() {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = train_tiny(tmp.path());
-    let rows: Vec<String> = std::fs::read_to_string(sample("sentiment-train.tsv"))
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let rows: Vec<String> =
+        std::fs::read_to_string(sample("sentiment-train.tsv")).unwrap().lines().map(String::from).collect();
     for n in [1usize, 2, 31, 32, 33] {
         let table = tmp.path().join(format!("in{n}.tsv"));
         std::fs::write(&table, rows[..n].join("\n") + "\n").unwrap();
-        let lines = predict(
-            &ckpt,
-            &table.display().to_string(),
-            &tmp.path().join(format!("out{n}.tsv")),
-            &[],
-        );
+        let lines = predict(&ckpt, &table.display().to_string(), &tmp.path().join(format!("out{n}.tsv")), &[]);
         assert_eq!(lines.len(), n, "{n} rows in, {} lines out", lines.len());
         for (line, row) in lines.iter().zip(&rows) {
             let cols: Vec<&str> = line.split('\t').collect();
@@ -77,11 +59,7 @@ fn predict_writes_one_line_per_row_for_any_batch_remainder() {
             let probs: Vec<f32> = cols[1].split(',').map(|p| p.parse().unwrap()).collect();
             assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             assert!(cols[3].starts_with("[{'pred': '"), "{}", cols[3]);
-            assert_eq!(
-                cols[4],
-                row.split('\t').nth(1).unwrap(),
-                "append_cols carries the label"
-            );
+            assert_eq!(cols[4], row.split('\t').nth(1).unwrap(), "append_cols carries the label");
         }
     }
 }
@@ -96,42 +74,22 @@ fn checkpoint_reloads_with_same_logits_and_predictions_match_evaluate() {
     let loaded = load_checkpoint(&ckpt, &Device::Cpu).unwrap();
     let model = Classifier::load(&loaded.config, &|n| loaded.params.frozen(n)).unwrap();
     let tok = BertTokenizer::load(&ckpt, 32, false).unwrap();
-    let texts: Vec<String> = std::fs::read_to_string(&dev)
-        .unwrap()
-        .lines()
-        .map(|l| l.split('\t').next().unwrap().to_string())
-        .collect();
+    let texts: Vec<String> =
+        std::fs::read_to_string(&dev).unwrap().lines().map(|l| l.split('\t').next().unwrap().to_string()).collect();
     let pairs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (t.as_str(), None)).collect();
     let examples: Vec<Example> = tok
         .encode_batch(&pairs)
         .unwrap()
         .into_iter()
-        .map(|enc| Example {
-            enc,
-            label: None,
-            teacher_logits: None,
-        })
+        .map(|enc| Example { enc, label: None, teacher_logits: None })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
     let batch = make_batch(&refs, &Device::Cpu).unwrap();
-    let logits: Vec<Vec<f32>> = model
-        .forward(&batch, &ForwardCtx::eval())
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let logits: Vec<Vec<f32>> = model.forward(&batch, &ForwardCtx::eval()).unwrap().to_vec2().unwrap();
     for (line, want) in lines.iter().zip(&logits) {
-        let got: Vec<f32> = line
-            .split('\t')
-            .nth(2)
-            .unwrap()
-            .split(',')
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let got: Vec<f32> = line.split('\t').nth(2).unwrap().split(',').map(|x| x.parse().unwrap()).collect();
         for (g, w) in got.iter().zip(want) {
-            assert!(
-                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                "predict logit {g} vs in-process {w}"
-            );
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "predict logit {g} vs in-process {w}");
         }
     }
     // Evaluate's accuracy is the accuracy of predict's predictions.
@@ -155,13 +113,8 @@ fn checkpoint_reloads_with_same_logits_and_predictions_match_evaluate() {
         format!("--checkpoint_dir={}", ckpt.display()),
     ]);
     assert!(out.status.success(), "evaluate failed: {}", stderr(&out));
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     let acc = m["accuracy"].as_f64().unwrap();
-    assert!(
-        (acc - hits as f64 / lines.len() as f64).abs() < 1e-12,
-        "evaluate {acc} vs predict {hits}/{}",
-        lines.len()
-    );
+    assert!((acc - hits as f64 / lines.len() as f64).abs() < 1e-12, "evaluate {acc} vs predict {hits}/{}", lines.len());
     assert!(m["f1"].as_f64().is_some() && m["eval_loss"].as_f64().unwrap() > 0.0);
 }

@@ -23,29 +23,14 @@ fn every_weight_gets_a_gradient() {
         params.insert(k, t).unwrap();
     }
     let created = init_head(&mut params, &cfg, 3, &mut Rng::new(1), &dev).unwrap();
-    assert_eq!(
-        created.len(),
-        4,
-        "pooler and classifier are created for a model without them"
-    );
+    assert_eq!(created.len(), 4, "pooler and classifier are created for a model without them");
     let model = Classifier::load(&cfg, &|n| params.trainable(n)).unwrap();
     let ex = |ids: Vec<u32>, label: u32| Example {
-        enc: Encoded {
-            type_ids: ids
-                .iter()
-                .enumerate()
-                .map(|(i, _)| u32::from(i > 2))
-                .collect(),
-            ids,
-        },
+        enc: Encoded { type_ids: ids.iter().enumerate().map(|(i, _)| u32::from(i > 2)).collect(), ids },
         label: Some(label),
         teacher_logits: None,
     };
-    let rows = [
-        ex(vec![2, 20, 21, 22, 3], 0),
-        ex(vec![2, 30, 3, 40, 41, 3], 1),
-        ex(vec![2, 50, 3], 2),
-    ];
+    let rows = [ex(vec![2, 20, 21, 22, 3], 0), ex(vec![2, 30, 3, 40, 41, 3], 1), ex(vec![2, 50, 3], 2)];
     let refs: Vec<&Example> = rows.iter().collect();
     let batch = make_batch(&refs, &dev).unwrap();
     let logits = model.forward(&batch, &ForwardCtx::train(3)).unwrap();
@@ -54,46 +39,20 @@ fn every_weight_gets_a_gradient() {
     let mut missing = Vec::new();
     for (name, var) in params.iter() {
         let g = grads.get(var.as_tensor());
-        let norm = g
-            .map(|g| {
-                g.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            })
-            .unwrap_or(0.0);
+        let norm = g.map(|g| g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).unwrap_or(0.0);
         if !(norm > 0.0 && norm.is_finite()) {
             missing.push(name.clone());
         }
     }
-    assert!(
-        missing.is_empty(),
-        "weights without a gradient: {missing:?}"
-    );
+    assert!(missing.is_empty(), "weights without a gradient: {missing:?}");
     // Dropout is real: two training passes with different seeds differ, evaluation passes agree.
     let a = model.forward(&batch, &ForwardCtx::train(1)).unwrap();
     let b = model.forward(&batch, &ForwardCtx::train(2)).unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff > 0.0);
     let e1 = model.forward(&batch, &ForwardCtx::eval()).unwrap();
     let e2 = model.forward(&batch, &ForwardCtx::eval()).unwrap();
-    let same = (e1 - e2)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let same = (e1 - e2).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(same, 0.0);
     let _ = Tensor::zeros(1, DType::F32, &dev);
 }

@@ -40,11 +40,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     if a.iter().chain(&b).any(|v| !v.is_finite()) {
         return f32::INFINITY;
     }
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
     diff / scale.max(1e-6)
 }
@@ -55,22 +51,12 @@ fn assert_close(what: &str, fused: &Tensor, reference: &Tensor) {
 }
 
 /// Output of `f(inputs)` and the gradients of `sum(output * w)` w.r.t. every input.
-fn forward_backward(
-    f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
-    inputs: &[Tensor],
-    w: &Tensor,
-) -> (Tensor, Vec<Tensor>) {
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|t| Var::from_tensor(t).unwrap())
-        .collect();
+fn forward_backward(f: &dyn Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], w: &Tensor) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let xs: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let out = f(&xs).unwrap();
     let grads = (&out * w).unwrap().sum_all().unwrap().backward().unwrap();
-    let grads = xs
-        .iter()
-        .map(|x| grads.get(x).expect("missing gradient").clone())
-        .collect();
+    let grads = xs.iter().map(|x| grads.get(x).expect("missing gradient").clone()).collect();
     (out, grads)
 }
 
@@ -136,12 +122,7 @@ fn attention_softmax_masked_rows() {
     m.extend([f32::MIN; 7]);
     let mask = Tensor::from_vec(m, (2, 7), &Device::Cpu).unwrap();
     let scores = rng.tensor(&[2, 3, 4, 7], -10.0, 10.0);
-    let y: Vec<f32> = ops::attention_softmax(&scores, &mask, 0.125)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let y: Vec<f32> = ops::attention_softmax(&scores, &mask, 0.125).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     let (rows, k) = (2 * 3 * 4, 7);
     for row in 0..rows {
         for key in 0..k {
@@ -151,10 +132,7 @@ fn attention_softmax_masked_rows() {
                 (true, false) => 0.0,
                 (false, _) => 1.0 / 7.0,
             };
-            assert!(
-                (v - want).abs() < 1e-6,
-                "row {row} key {key}: {v} vs {want}"
-            );
+            assert!((v - want).abs() < 1e-6, "row {row} key {key}: {v} vs {want}");
         }
     }
     check_parity(
@@ -211,13 +189,7 @@ fn layer_norm_parity() {
 fn gelu_erf_parity() {
     let mut rng = Rng(5);
     let x = rng.tensor(&[2, 5, 1536], -6.0, 6.0);
-    check_parity(
-        "gelu_erf",
-        &|t| ops::gelu_erf(&t[0]),
-        &|t| reference::gelu_erf(&t[0]),
-        &[x],
-        &mut rng,
-    );
+    check_parity("gelu_erf", &|t| ops::gelu_erf(&t[0]), &|t| reference::gelu_erf(&t[0]), &[x], &mut rng);
 }
 
 #[test]
@@ -286,10 +258,7 @@ fn non_contiguous_inputs() {
 #[test]
 fn non_f32_inputs_fall_back_to_reference() {
     let mut rng = Rng(9);
-    let x = rng
-        .tensor(&[3, 16], -2.0, 2.0)
-        .to_dtype(DType::F64)
-        .unwrap();
+    let x = rng.tensor(&[3, 16], -2.0, 2.0).to_dtype(DType::F64).unwrap();
     let gamma = Tensor::ones(16, DType::F64, &Device::Cpu).unwrap();
     let beta = Tensor::zeros(16, DType::F64, &Device::Cpu).unwrap();
     let y = ops::layer_norm(&x, &gamma, &beta, 1e-12).unwrap();

@@ -25,24 +25,9 @@ fn tokenization_matches_reference() {
         let a = case["text_a"].as_str().unwrap();
         let b = case["text_b"].as_str();
         let enc = &tok.encode_batch(&[(a, b)]).unwrap()[0];
-        let ids: Vec<u64> = case["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
-        let types: Vec<u64> = case["token_type_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
-        let mask: Vec<u64> = case["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
+        let ids: Vec<u64> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let types: Vec<u64> = case["token_type_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let mask: Vec<u64> = case["attention_mask"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
         let mut got_ids: Vec<u64> = enc.ids.iter().map(|&x| x as u64).collect();
         let mut got_types: Vec<u64> = enc.type_ids.iter().map(|&x| x as u64).collect();
         let mut got_mask = vec![1u64; got_ids.len()];
@@ -63,12 +48,7 @@ fn max_masked_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
         m = m.unsqueeze(m.rank()).unwrap();
     }
     let diff = (a - b).unwrap().abs().unwrap().broadcast_mul(&m).unwrap();
-    diff.flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    diff.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn check_encoder(name: &str, with_pooler: bool) {
@@ -84,27 +64,14 @@ fn check_encoder(name: &str, with_pooler: bool) {
         params.insert(k, t).unwrap();
     }
     let bert = Bert::load(&cfg, &|n| params.frozen(n), with_pooler).unwrap();
-    let reference = candle_core::safetensors::load(
-        shared.join(format!("reference/torch/{name}-encoder.safetensors")),
-        &dev,
-    )
-    .unwrap();
-    let ids = reference["input_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
-    let types = reference["token_type_ids"]
-        .to_dtype(candle_core::DType::U32)
-        .unwrap();
-    let mask = reference["attention_mask"]
-        .to_dtype(candle_core::DType::F32)
-        .unwrap();
-    let taps = Taps {
-        hidden_states: true,
-        attentions: true,
-    };
-    let out = bert
-        .forward(&ids, &types, &mask, taps, &ForwardCtx::eval())
-        .unwrap();
+    let reference =
+        candle_core::safetensors::load(shared.join(format!("reference/torch/{name}-encoder.safetensors")), &dev)
+            .unwrap();
+    let ids = reference["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let types = reference["token_type_ids"].to_dtype(candle_core::DType::U32).unwrap();
+    let mask = reference["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
+    let taps = Taps { hidden_states: true, attentions: true };
+    let out = bert.forward(&ids, &types, &mask, taps, &ForwardCtx::eval()).unwrap();
     let d_last = max_masked_diff(&out.last_hidden, &reference["last_hidden_state"], &mask);
     let d_emb = max_masked_diff(&out.hidden_states[0], &reference["hidden_state_0"], &mask);
     // Attention [B, heads, Lq, Lk]: compare real query rows (keys at padding are ~0 in both).
@@ -112,22 +79,12 @@ fn check_encoder(name: &str, with_pooler: bool) {
     let ref_att = reference["attention_last_layer"].transpose(1, 2).unwrap();
     let d_att = max_masked_diff(&att, &ref_att, &mask);
     eprintln!("{name}: last_hidden {d_last:.2e}, hidden_0 {d_emb:.2e}, attention {d_att:.2e}");
-    assert!(
-        d_last < 1e-4,
-        "{name} last_hidden_state differs by {d_last}"
-    );
+    assert!(d_last < 1e-4, "{name} last_hidden_state differs by {d_last}");
     assert!(d_emb < 1e-4, "{name} hidden_state_0 differs by {d_emb}");
-    assert!(
-        d_att < 1e-4,
-        "{name} attention_last_layer differs by {d_att}"
-    );
+    assert!(d_att < 1e-4, "{name} attention_last_layer differs by {d_att}");
     if with_pooler {
         let ones = Tensor::ones(mask.dim(0).unwrap(), candle_core::DType::F32, &dev).unwrap();
-        let d_pool = max_masked_diff(
-            out.pooled.as_ref().unwrap(),
-            &reference["pooler_output"],
-            &ones,
-        );
+        let d_pool = max_masked_diff(out.pooled.as_ref().unwrap(), &reference["pooler_output"], &ones);
         eprintln!("{name}: pooler {d_pool:.2e}");
         assert!(d_pool < 1e-4, "{name} pooler_output differs by {d_pool}");
     }

@@ -37,16 +37,12 @@ pub fn evaluate_examples(
             labels.push(label);
         }
     }
-    Ok(crate::train::metrics::EvalReport::new(
-        &preds, &labels, num_labels, loss_sum,
-    ))
+    Ok(crate::train::metrics::EvalReport::new(&preds, &labels, num_labels, loss_sum))
 }
 
 /// Index of the largest value (the first on ties).
 pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
+    v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best })
 }
 
 /// Checks that `--label_enumerate_values`, when given, matches the checkpoint's labels.
@@ -70,43 +66,18 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let ckpt = load_checkpoint(&cfg.checkpoint_dir(), device)?;
     check_labels(cfg, &ckpt.labels)?;
     check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
-    let tokenizer =
-        BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let table = cfg.last_table();
     let rows = read_table(table, &cfg.schema, cfg.args.skip_first_line)?;
-    let examples = encode_rows(
-        &rows,
-        table,
-        &cfg.columns,
-        &cfg.schema.names(),
-        &tokenizer,
-        Some(&ckpt.labels),
-    )?;
+    let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, Some(&ckpt.labels))?;
     let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
-    let report = evaluate_examples(
-        &model,
-        &examples,
-        cfg.args.micro_batch_size,
-        ckpt.labels.len(),
-        device,
-    )?;
-    logging::info(format!(
-        "Evaluation of {} on {}: {}",
-        ckpt.dir.display(),
-        table.display(),
-        report.summary()
-    ));
+    let report = evaluate_examples(&model, &examples, cfg.args.micro_batch_size, ckpt.labels.len(), device)?;
+    logging::info(format!("Evaluation of {} on {}: {}", ckpt.dir.display(), table.display(), report.summary()));
     println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     if let Some(out) = cfg.args.outputs.as_deref() {
-        write_atomic(
-            std::path::Path::new(out),
-            serde_json::to_string_pretty(&report.to_json())?.as_bytes(),
-        )?;
+        write_atomic(std::path::Path::new(out), serde_json::to_string_pretty(&report.to_json())?.as_bytes())?;
     }
-    logging::info(format!(
-        "Duration time: {:.1} s",
-        start.elapsed().as_secs_f64()
-    ));
+    logging::info(format!("Duration time: {:.1} s", start.elapsed().as_secs_f64()));
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use crate::cli::config::RunConfig;
 use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::table::{read_lines, Row};
 use crate::data::tokenize::BertTokenizer;
+use crate::distill::logits::{sha256_file, write_sidecar, LogitsSidecar, TableFingerprint};
 use crate::logging;
 use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::{load_checkpoint, temp_path};
@@ -22,40 +23,24 @@ const OUTPUT_COLUMNS: &[&str] = &["predictions", "probabilities", "logits", "out
 
 /// `--mode=predict`.
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
-    let outputs: Vec<&str> = cfg
-        .args
-        .output_schema
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let outputs: Vec<&str> = cfg.args.output_schema.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     if outputs.is_empty() {
-        bail!(
-            "--output_schema is required in predict mode: any of {}",
-            OUTPUT_COLUMNS.join(",")
-        );
+        bail!("--output_schema is required in predict mode: any of {}", OUTPUT_COLUMNS.join(","));
     }
     for o in &outputs {
         if !OUTPUT_COLUMNS.contains(o) {
-            bail!(
-                "--output_schema: unknown column `{o}` (known: {})",
-                OUTPUT_COLUMNS.join(",")
-            );
+            bail!("--output_schema: unknown column `{o}` (known: {})", OUTPUT_COLUMNS.join(","));
         }
     }
     let append: Vec<usize> = match cfg.args.append_cols.as_deref().filter(|s| !s.is_empty()) {
-        Some(cols) => cols
-            .split(',')
-            .map(|c| cfg.schema.index_of(c.trim(), "--append_cols"))
-            .collect::<Result<_>>()?,
+        Some(cols) => cols.split(',').map(|c| cfg.schema.index_of(c.trim(), "--append_cols")).collect::<Result<_>>()?,
         None => Vec::new(),
     };
     let id_col = cfg.schema.columns.iter().position(|c| c.name == "id");
     let ckpt = load_checkpoint(&cfg.checkpoint_dir(), device)?;
     super::evaluate::check_labels(cfg, &ckpt.labels)?;
     check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
-    let tokenizer =
-        BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
     let table = cfg.last_table();
     let lines = read_lines(table, cfg.args.skip_first_line)?;
@@ -65,11 +50,9 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let out_path = Path::new(cfg.args.outputs.as_deref().expect("checked in config"));
     let tmp = temp_path(out_path);
     let result = (|| -> Result<usize> {
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = std::io::BufWriter::new(file);
         let mut ids = Rng::from_entropy();
-        let ctx = ForwardCtx::eval();
         let name = table.display().to_string();
         let mut written = 0;
         for chunk in lines.chunks(cfg.args.predict_slice_size.max(1)) {
@@ -77,49 +60,28 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
                 .iter()
                 .map(|(line, text)| {
                     let fields: Vec<&str> = text.split('\t').collect();
-                    Ok(Row {
-                        line: *line,
-                        values: cfg
-                            .schema
-                            .parse_fields(&fields, &format!("{name}:{line}"))?,
-                    })
+                    Ok(Row { line: *line, values: cfg.schema.parse_fields(&fields, &format!("{name}:{line}"))? })
                 })
                 .collect::<Result<_>>()?;
-            let examples = encode_rows(
-                &rows,
-                table,
-                &cfg.columns,
-                &cfg.schema.names(),
-                &tokenizer,
-                None,
-            )?;
-            // Length-bucketed batches for speed; lines are written back in file order.
-            let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
-            let mut lines_out = vec![String::new(); rows.len()];
-            for idx in bucketed_batches(&lengths, cfg.args.micro_batch_size, None) {
-                let batch_rows: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
-                let batch = make_batch(&batch_rows, device)?;
-                let logits = model.forward(&batch, &ctx)?;
-                let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-                let logits = logits.to_vec2::<f32>()?;
-                for (k, &i) in idx.iter().enumerate() {
-                    let row = &rows[i];
-                    let mut cols: Vec<String> = Vec::with_capacity(outputs.len() + append.len());
-                    for o in &outputs {
-                        cols.push(match *o {
-                            "predictions" => ckpt.labels.names[argmax(&probs[k])].clone(),
-                            "probabilities" => join_f32(&probs[k]),
-                            "logits" => join_f32(&logits[k]),
-                            "output" => output_repr(&ckpt.labels.names, &probs[k], &logits[k]),
-                            _ => match id_col {
-                                Some(c) => row.values[c].to_output(),
-                                None => ids.uuid4(),
-                            },
-                        });
-                    }
-                    cols.extend(append.iter().map(|&c| row.values[c].to_output()));
-                    lines_out[i] = cols.join("\t");
+            let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
+            let (logits, probs) = model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?;
+            let mut lines_out = Vec::with_capacity(rows.len());
+            for (i, row) in rows.iter().enumerate() {
+                let mut cols: Vec<String> = Vec::with_capacity(outputs.len() + append.len());
+                for o in &outputs {
+                    cols.push(match *o {
+                        "predictions" => ckpt.labels.names[argmax(&probs[i])].clone(),
+                        "probabilities" => join_f32(&probs[i]),
+                        "logits" => join_f32(&logits[i]),
+                        "output" => output_repr(&ckpt.labels.names, &probs[i], &logits[i]),
+                        _ => match id_col {
+                            Some(c) => row.values[c].to_output(),
+                            None => ids.uuid4(),
+                        },
+                    });
                 }
+                cols.extend(append.iter().map(|&c| row.values[c].to_output()));
+                lines_out.push(cols.join("\t"));
             }
             for line in &lines_out {
                 writeln!(out, "{line}")?;
@@ -134,6 +96,16 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         Ok(n) => {
             std::fs::rename(&tmp, out_path)
                 .with_context(|| format!("cannot move {} into place", out_path.display()))?;
+            if outputs == ["logits"] {
+                // A teacher logits export: fingerprint the input so KD can check the join.
+                let sidecar = LogitsSidecar {
+                    table: TableFingerprint::of(table, cfg.args.skip_first_line)?,
+                    labels: ckpt.labels.names.clone(),
+                    teacher: ckpt.dir.canonicalize().unwrap_or(ckpt.dir.clone()).display().to_string(),
+                    teacher_weights_sha256: weights_sha256(&ckpt.dir)?,
+                };
+                write_sidecar(out_path, &sidecar)?;
+            }
             logging::info(format!("wrote {n} predictions to {}", out_path.display()));
             Ok(())
         }
@@ -144,11 +116,40 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     }
 }
 
+/// Logits and probabilities for `examples`, in their order, computed in length-bucketed batches
+/// (no dropout, no autograd graph).
+pub fn model_outputs(
+    model: &Classifier,
+    examples: &[Example],
+    batch_size: usize,
+    device: &Device,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let ctx = ForwardCtx::eval();
+    let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
+    let mut logits_out = vec![Vec::new(); examples.len()];
+    let mut probs_out = vec![Vec::new(); examples.len()];
+    for idx in bucketed_batches(&lengths, batch_size, None) {
+        let batch_rows: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
+        let batch = make_batch(&batch_rows, device)?;
+        let logits = model.forward(&batch, &ctx)?;
+        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        for ((&i, l), p) in idx.iter().zip(logits.to_vec2::<f32>()?).zip(probs) {
+            logits_out[i] = l;
+            probs_out[i] = p;
+        }
+    }
+    Ok((logits_out, probs_out))
+}
+
+/// SHA-256 of a checkpoint's weights file.
+fn weights_sha256(dir: &Path) -> Result<String> {
+    let st = dir.join("model.safetensors");
+    let bin = dir.join("pytorch_model.bin");
+    sha256_file(if st.is_file() { &st } else { &bin })
+}
+
 fn join_f32(v: &[f32]) -> String {
-    v.iter()
-        .map(|x| numpy_f32(*x))
-        .collect::<Vec<_>>()
-        .join(",")
+    v.iter().map(|x| numpy_f32(*x)).collect::<Vec<_>>().join(",")
 }
 
 /// EasyNLP's `output` column: a Python list of `{'pred', 'prob', 'logit'}` sorted by probability.

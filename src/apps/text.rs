@@ -31,10 +31,7 @@ pub fn encode_rows(
     let mut pairs = Vec::with_capacity(rows.len());
     for row in rows {
         let a = text(row, columns.first, path, schema_names)?;
-        let b = columns
-            .second
-            .map(|i| text(row, i, path, schema_names))
-            .transpose()?;
+        let b = columns.second.map(|i| text(row, i, path, schema_names)).transpose()?;
         pairs.push((a, b));
     }
     let encoded = tokenizer.encode_batch(&pairs)?;
@@ -56,11 +53,7 @@ pub fn encode_rows(
             }
             _ => None,
         };
-        examples.push(Example {
-            enc,
-            label,
-            teacher_logits: None,
-        });
+        examples.push(Example { enc, label, teacher_logits: None });
     }
     Ok(examples)
 }

@@ -1,14 +1,18 @@
 //! `--mode=train`: fine-tune a BERT classifier and keep the best checkpoint.
 
 use super::evaluate::{check_sequence_length, evaluate_examples};
+use super::predict::model_outputs;
 use super::text::encode_rows;
 use crate::cli::config::RunConfig;
 use crate::data::batch::{Batch, Example};
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
+use crate::distill::kd::{vanilla_kd_loss, KdSettings, TeacherSource};
+use crate::distill::logits::read_teacher_logits;
 use crate::logging;
 use crate::model::bert::ForwardCtx;
+use crate::model::checkpoint::load_checkpoint;
 use crate::model::checkpoint::{save_metadata, save_tensors};
 use crate::model::classifier::{init_head, Classifier};
 use crate::model::config::BertConfig;
@@ -33,6 +37,8 @@ struct ClassifyTask<'a> {
     train_config: serde_json::Value,
     save_all: bool,
     device: Device,
+    /// Vanilla KD `(temperature, alpha)`; the batches then carry teacher logits.
+    kd: Option<(f64, f64)>,
 }
 
 impl TrainTask for ClassifyTask<'_> {
@@ -40,7 +46,11 @@ impl TrainTask for ClassifyTask<'_> {
         let model = Classifier::load(self.config, &|n| params.trainable(n))?;
         let logits = model.forward(batch, ctx)?;
         let labels = batch.labels.as_ref().context("training rows need labels")?;
-        Ok(candle_nn::loss::cross_entropy(&logits, labels)?)
+        match (self.kd, &batch.teacher_logits) {
+            (Some((t, alpha)), Some(teacher)) => Ok(vanilla_kd_loss(&logits, teacher, labels, t, alpha)?),
+            (Some(_), None) => bail!("KD batch without teacher logits"),
+            (None, _) => Ok(candle_nn::loss::cross_entropy(&logits, labels)?),
+        }
     }
 
     fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>> {
@@ -48,44 +58,20 @@ impl TrainTask for ClassifyTask<'_> {
             return Ok(None);
         };
         let model = Classifier::load(self.config, &|n| params.frozen(n))?;
-        Ok(Some(evaluate_examples(
-            &model,
-            dev,
-            self.batch_size,
-            self.labels.len(),
-            &self.device,
-        )?))
+        Ok(Some(evaluate_examples(&model, dev, self.batch_size, self.labels.len(), &self.device)?))
     }
 
-    fn save(
-        &self,
-        params: &Params,
-        opt: &Optimizer,
-        state: &TrainState,
-        reason: SaveReason,
-    ) -> Result<()> {
+    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
         let dir = &self.checkpoint_dir;
-        save_metadata(
-            dir,
-            self.config,
-            self.labels,
-            &self.train_config,
-            &self.model_dir,
-        )?;
+        save_metadata(dir, self.config, self.labels, &self.train_config, &self.model_dir)?;
         match reason {
             SaveReason::Best => {
                 save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
                 save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
                 let state = serde_json::to_string_pretty(state)?;
-                crate::model::checkpoint::write_atomic(
-                    &dir.join("trainer_state.json"),
-                    state.as_bytes(),
-                )?;
+                crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
             }
-            SaveReason::Step(n) => save_tensors(
-                &params.tensors(),
-                &dir.join(format!("model_step_{n}.safetensors")),
-            )?,
+            SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
         }
         Ok(())
     }
@@ -96,21 +82,9 @@ impl TrainTask for ClassifyTask<'_> {
 }
 
 /// Reads a table and tokenizes it with labels.
-fn load_examples(
-    cfg: &RunConfig,
-    path: &Path,
-    tokenizer: &BertTokenizer,
-    labels: &LabelSet,
-) -> Result<Vec<Example>> {
+fn load_examples(cfg: &RunConfig, path: &Path, tokenizer: &BertTokenizer, labels: &LabelSet) -> Result<Vec<Example>> {
     let rows = read_table(path, &cfg.schema, cfg.args.skip_first_line)?;
-    encode_rows(
-        &rows,
-        path,
-        &cfg.columns,
-        &cfg.schema.names(),
-        tokenizer,
-        Some(labels),
-    )
+    encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))
 }
 
 /// Loads the starting weights: a resumed checkpoint, or the pretrained model plus a new head.
@@ -121,12 +95,7 @@ fn initial_params(
     labels: &LabelSet,
     device: &Device,
 ) -> Result<Params> {
-    let source = cfg
-        .args
-        .resume_from_checkpoint
-        .as_deref()
-        .map(Path::new)
-        .unwrap_or(model_dir);
+    let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(model_dir);
     let (mut weights, unexpected) = read_weights(source, device)?;
     if !unexpected.is_empty() {
         logging::info(format!(
@@ -162,25 +131,18 @@ fn initial_params(
 
 /// `--mode=train`.
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
-    if cfg.udp.bool("enable_distillation", false)? {
-        bail!(
-            "enable_distillation=True: knowledge distillation is not available in this build yet"
-        );
-    }
     let name = cfg.udp.require("pretrain_model_name_or_path")?;
     let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
     let config = BertConfig::load(&model_dir)?;
     check_sequence_length(cfg, config.max_position_embeddings)?;
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
-    let tokenizer =
-        BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
-    let train_rows = load_examples(cfg, &cfg.tables[0], &tokenizer, &labels)?;
+    let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let mut train_rows = load_examples(cfg, &cfg.tables[0], &tokenizer, &labels)?;
+    if let Some(kd) = &cfg.kd {
+        attach_teacher_logits(cfg, kd, &labels, &mut train_rows, device)?;
+    }
     let do_eval = cfg.udp.bool("do_eval", true)?;
-    let dev = if do_eval {
-        Some(load_examples(cfg, cfg.last_table(), &tokenizer, &labels)?)
-    } else {
-        None
-    };
+    let dev = if do_eval { Some(load_examples(cfg, cfg.last_table(), &tokenizer, &labels)?) } else { None };
     let params = initial_params(cfg, &model_dir, &config, &labels, device)?;
     Classifier::load(&config, &|n| params.frozen(n))
         .with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
@@ -189,8 +151,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         None => None,
     };
     let checkpoint_dir = cfg.checkpoint_dir();
-    std::fs::create_dir_all(&checkpoint_dir)
-        .with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
+    std::fs::create_dir_all(&checkpoint_dir).with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
     let task = ClassifyTask {
         config: &config,
         labels: &labels,
@@ -201,6 +162,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         train_config: train_config_json(cfg, &model_dir),
         save_all: cfg.args.save_all_checkpoints,
         device: device.clone(),
+        kd: cfg.kd.as_ref().map(|k| (k.temperature, k.alpha)),
     };
     let settings = TrainSettings {
         epochs: cfg.args.epoch_num,
@@ -222,23 +184,74 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
             "training done: best validation accuracy {acc:.4}, model in {}",
             task.checkpoint_dir.display()
         )),
-        None => logging::info(format!(
-            "training done: model in {}",
-            task.checkpoint_dir.display()
-        )),
+        None => logging::info(format!("training done: model in {}", task.checkpoint_dir.display())),
     }
     Ok(())
 }
 
-fn read_resume_state(
-    dir: &Path,
+/// Joins teacher logits to the training rows: from the logits file (checked line by line) or by
+/// running the teacher checkpoint once over the training table.
+fn attach_teacher_logits(
+    cfg: &RunConfig,
+    kd: &KdSettings,
+    labels: &LabelSet,
+    rows: &mut [Example],
     device: &Device,
-) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
+) -> Result<()> {
+    if let Some(col) = &cfg.logits_column {
+        if col.len != labels.len() {
+            bail!(
+                "--input_schema: the logits column `{}` is float:{}, but there are {} labels",
+                col.name,
+                col.len,
+                labels.len()
+            );
+        }
+    }
+    let logits = match &kd.source {
+        TeacherSource::File { path } => {
+            read_teacher_logits(path, &cfg.tables[0], cfg.args.skip_first_line, rows.len(), labels)?
+        }
+        TeacherSource::Online { dir } => {
+            let teacher = load_checkpoint(dir, device).context("teacher_model_path")?;
+            if &teacher.labels != labels {
+                bail!(
+                    "teacher_model_path {}: the teacher's labels ({}) differ from --label_enumerate_values ({})",
+                    dir.display(),
+                    teacher.labels.names.join(","),
+                    labels.names.join(",")
+                );
+            }
+            let tokenizer = BertTokenizer::load(&teacher.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+            let table = &cfg.tables[0];
+            let data = read_table(table, &cfg.schema, cfg.args.skip_first_line)?;
+            let model = Classifier::load(&teacher.config, &|n| teacher.params.frozen(n))?;
+            logging::info(format!("computing teacher logits with {} on {} rows", dir.display(), data.len()));
+            let mut logits = Vec::with_capacity(data.len());
+            // The same slices and batches as a logits export, so both routes see the same numbers.
+            for chunk in data.chunks(cfg.args.predict_slice_size.max(1)) {
+                let examples = encode_rows(chunk, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
+                logits.extend(model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?.0);
+            }
+            logits
+        }
+    };
+    for (row, l) in rows.iter_mut().zip(logits) {
+        row.teacher_logits = Some(l);
+    }
+    Ok(())
+}
+
+fn read_resume_state(dir: &Path, device: &Device) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
     let state_path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&state_path)
-        .with_context(|| format!("--resume_from_checkpoint: {} is not a checkpoint of this program (no trainer_state.json)", dir.display()))?;
-    let state: TrainState = serde_json::from_str(&text)
-        .with_context(|| format!("{}: bad trainer state", state_path.display()))?;
+    let text = std::fs::read_to_string(&state_path).with_context(|| {
+        format!(
+            "--resume_from_checkpoint: {} is not a checkpoint of this program (no trainer_state.json)",
+            dir.display()
+        )
+    })?;
+    let state: TrainState =
+        serde_json::from_str(&text).with_context(|| format!("{}: bad trainer state", state_path.display()))?;
     let opt_path = dir.join("optimizer.safetensors");
     let tensors = candle_core::safetensors::load(&opt_path, device)
         .with_context(|| format!("cannot read {}", opt_path.display()))?;

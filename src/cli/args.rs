@@ -34,7 +34,7 @@ pub enum OptimizerKind {
 ///
 /// Commands from EasyNLP's tutorials run unchanged. Differences from EasyNLP are listed in the README.
 #[derive(Parser, Debug, Clone, serde::Serialize)]
-#[command(name = "easynlp", version, about, long_about = None, max_term_width = 110)]
+#[command(name = "easynlp", version, about, long_about = None, max_term_width = 110, args_override_self = true)]
 pub struct Args {
     /// Pipeline to run: train, evaluate or predict.
     #[arg(long, value_enum, default_value = "train")]
@@ -91,11 +91,7 @@ pub struct Args {
     pub sequence_length: usize,
 
     /// Rows per batch, for training, evaluation and prediction.
-    #[arg(
-        long = "micro_batch_size",
-        visible_alias = "train_batch_size",
-        default_value_t = 2
-    )]
+    #[arg(long = "micro_batch_size", visible_alias = "train_batch_size", default_value_t = 2)]
     pub micro_batch_size: usize,
 
     /// Training epochs.
@@ -115,11 +111,7 @@ pub struct Args {
     pub gradient_accumulation_steps: usize,
 
     /// Seed for initialisation, shuffling and dropout (0 or less: seed from the clock).
-    #[arg(
-        long = "random_seed",
-        default_value_t = 1234,
-        allow_negative_numbers = true
-    )]
+    #[arg(long = "random_seed", default_value_t = 1234, allow_negative_numbers = true)]
     pub random_seed: i64,
 
     /// Evaluate and keep the best checkpoint every N optimizer steps (absent: at each epoch end).
@@ -160,12 +152,7 @@ pub struct Args {
     pub warmup_proportion: f64,
 
     /// Optimizer.
-    #[arg(
-        long = "optimizer_type",
-        visible_alias = "optimizer",
-        value_enum,
-        default_value = "AdamW"
-    )]
+    #[arg(long = "optimizer_type", visible_alias = "optimizer", value_enum, default_value = "AdamW")]
     pub optimizer_type: OptimizerKind,
 
     /// Clip the global gradient norm to this value (0 or less: no clipping).

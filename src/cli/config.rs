@@ -2,7 +2,8 @@
 
 use super::args::{Args, Mode};
 use super::udp::UserParams;
-use crate::data::schema::Schema;
+use crate::data::schema::{Column, ColumnType, Schema};
+use crate::distill::kd::{KdSettings, TeacherSource};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -35,8 +36,12 @@ pub struct RunConfig {
     pub app: App,
     /// Tables of `--tables`, in order.
     pub tables: Vec<PathBuf>,
-    /// `--input_schema`.
+    /// `--input_schema` of the tables (without a trailing KD logits column).
     pub schema: Schema,
+    /// The KD logits column split off the end of `--input_schema`, if any.
+    pub logits_column: Option<Column>,
+    /// Vanilla KD settings, when `enable_distillation=True`.
+    pub kd: Option<KdSettings>,
     /// Column positions.
     pub columns: TextColumns,
     /// `--user_defined_parameters`.
@@ -61,10 +66,7 @@ impl RunConfig {
             bail!("--micro_batch_size must be at least 1");
         }
         if args.sequence_length < 2 {
-            bail!(
-                "--sequence_length={} is too short: [CLS] and [SEP] alone take 2 tokens",
-                args.sequence_length
-            );
+            bail!("--sequence_length={} is too short: [CLS] and [SEP] alone take 2 tokens", args.sequence_length);
         }
         if args.gradient_accumulation_steps == 0 {
             bail!("--gradient_accumulation_steps must be at least 1");
@@ -93,7 +95,9 @@ impl RunConfig {
             }
         }
         if args.checkpoint_dir.is_none() {
-            bail!("--checkpoint_dir is required (train: where the model is saved; evaluate/predict: the model to load)");
+            bail!(
+                "--checkpoint_dir is required (train: where the model is saved; evaluate/predict: the model to load)"
+            );
         }
         if args.mode == Mode::Predict && args.outputs.is_none() {
             bail!("--outputs is required in predict mode");
@@ -101,35 +105,28 @@ impl RunConfig {
         let Some(schema_text) = args.input_schema.as_deref() else {
             bail!("--input_schema is required, e.g. --input_schema=sent:str:1,label:str:1");
         };
-        let schema = Schema::parse(schema_text)?;
+        let mut schema = Schema::parse(schema_text)?;
+        let kd = KdSettings::from_udp(&udp)?;
+        let logits_column = split_logits_column(&mut schema, kd.as_ref())?;
         let Some(first) = args.first_sequence.as_deref() else {
             bail!("--first_sequence is required: the column that holds the text");
         };
         let first = schema.index_of(first, "--first_sequence")?;
-        let second = args
-            .second_sequence
-            .as_deref()
-            .map(|s| schema.index_of(s, "--second_sequence"))
-            .transpose()?;
+        let second = args.second_sequence.as_deref().map(|s| schema.index_of(s, "--second_sequence")).transpose()?;
         let label = match (args.mode, args.label_name.as_deref()) {
             (Mode::Predict, _) => None,
             (_, Some(l)) => Some(schema.index_of(l, "--label_name")?),
             (_, None) => bail!("--label_name is required in {:?} mode", args.mode),
         };
-        let seed = if args.random_seed > 0 {
-            args.random_seed as u64
-        } else {
-            crate::rng::Rng::from_entropy().next_u64()
-        };
+        let seed =
+            if args.random_seed > 0 { args.random_seed as u64 } else { crate::rng::Rng::from_entropy().next_u64() };
         Ok(RunConfig {
             app,
             tables,
             schema,
-            columns: TextColumns {
-                first,
-                second,
-                label,
-            },
+            logits_column,
+            kd,
+            columns: TextColumns { first, second, label },
             udp,
             seed,
             args,
@@ -145,4 +142,25 @@ impl RunConfig {
     pub fn last_table(&self) -> &PathBuf {
         self.tables.last().expect("at least one table")
     }
+}
+
+/// In KD, the logits column named by `logits_name` ends `--input_schema` (as in EasyNLP) and comes
+/// from the logits file, not from the tables: split it off.
+fn split_logits_column(schema: &mut Schema, kd: Option<&KdSettings>) -> Result<Option<Column>> {
+    let Some(kd) = kd else { return Ok(None) };
+    let Some(name) = kd.logits_name.as_deref() else { return Ok(None) };
+    let last = schema.columns.last().expect("a schema has at least one column");
+    if last.name != name {
+        if matches!(kd.source, TeacherSource::File { .. }) || schema.columns.iter().any(|c| c.name == name) {
+            bail!("--input_schema: the logits column `{name}` (logits_name) must be the last column, e.g. ...,{name}:float:2");
+        }
+        return Ok(None);
+    }
+    if last.kind != ColumnType::Float {
+        bail!("--input_schema: the logits column `{name}` must be float:N (N = number of labels)");
+    }
+    if schema.columns.len() < 2 {
+        bail!("--input_schema: besides the logits column `{name}` the tables need their own columns");
+    }
+    Ok(schema.columns.pop())
 }

@@ -5,39 +5,18 @@ use std::collections::BTreeMap;
 
 /// Every key this program understands, with a one-line description (used in error messages).
 pub const KNOWN_KEYS: &[(&str, &str)] = &[
-    (
-        "pretrain_model_name_or_path",
-        "model directory or model-zoo name",
-    ),
-    (
-        "do_eval",
-        "evaluate during training (boolean, default True)",
-    ),
-    (
-        "enable_distillation",
-        "train with knowledge distillation (boolean)",
-    ),
+    ("pretrain_model_name_or_path", "model directory or model-zoo name"),
+    ("do_eval", "evaluate during training (boolean, default True)"),
+    ("enable_distillation", "train with knowledge distillation (boolean)"),
     ("type", "distillation type: vanilla_kd"),
     ("logits_name", "schema column that holds the teacher logits"),
-    (
-        "logits_saved_path",
-        "file of teacher logits, one row per training row",
-    ),
+    ("logits_saved_path", "file of teacher logits, one row per training row"),
     ("temperature", "KD temperature, >= 1"),
     ("alpha", "weight of the teacher term in KD, in [0, 1]"),
     ("teacher_model_path", "teacher checkpoint directory"),
-    (
-        "use_sample_weights",
-        "Meta-KD: weight instances by the prototype weight (boolean)",
-    ),
-    (
-        "use_domain_loss",
-        "Meta-KD: add the domain-corruption loss (boolean)",
-    ),
-    (
-        "domain_loss_weight",
-        "Meta-KD: weight of the domain loss, >= 0",
-    ),
+    ("use_sample_weights", "Meta-KD: weight instances by the prototype weight (boolean)"),
+    ("use_domain_loss", "Meta-KD: add the domain-corruption loss (boolean)"),
+    ("domain_loss_weight", "Meta-KD: weight of the domain loss, >= 0"),
     ("distill_stage", "Meta-KD student stage: first or second"),
     ("genre", "Meta-KD domain to train or evaluate"),
     ("T", "Meta-KD stage-2 temperature, > 0"),
@@ -64,11 +43,7 @@ impl UserParams {
                 bail!(
                     "--user_defined_parameters: unknown key `{key}`; did you mean `{closest}`? \
                      (known keys: {})",
-                    KNOWN_KEYS
-                        .iter()
-                        .map(|(k, _)| *k)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    KNOWN_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
                 );
             }
             if values.insert(key.to_string(), value.to_string()).is_some() {
@@ -87,10 +62,7 @@ impl UserParams {
     pub fn require(&self, key: &str) -> Result<&str> {
         match self.get(key) {
             Some(v) => Ok(v),
-            None => bail!(
-                "--user_defined_parameters: `{key}=...` is required here ({})",
-                describe(key)
-            ),
+            None => bail!("--user_defined_parameters: `{key}=...` is required here ({})", describe(key)),
         }
     }
 
@@ -100,9 +72,9 @@ impl UserParams {
             None => Ok(default),
             Some("True" | "true" | "1") => Ok(true),
             Some("False" | "false" | "0") => Ok(false),
-            Some(v) => bail!(
-                "--user_defined_parameters: `{key}={v}` is not a boolean (use True/true/1 or False/false/0)"
-            ),
+            Some(v) => {
+                bail!("--user_defined_parameters: `{key}={v}` is not a boolean (use True/true/1 or False/false/0)")
+            }
         }
     }
 
@@ -113,20 +85,15 @@ impl UserParams {
         };
         match raw.parse::<f64>() {
             Ok(v) if v.is_finite() && v >= min && v <= max => Ok(v),
-            _ => bail!(
-                "--user_defined_parameters: `{key}={raw}` must be a number in [{min}, {max}] ({})",
-                describe(key)
-            ),
+            _ => {
+                bail!("--user_defined_parameters: `{key}={raw}` must be a number in [{min}, {max}] ({})", describe(key))
+            }
         }
     }
 }
 
 fn describe(key: &str) -> &'static str {
-    KNOWN_KEYS
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, d)| *d)
-        .unwrap_or("")
+    KNOWN_KEYS.iter().find(|(k, _)| *k == key).map(|(_, d)| *d).unwrap_or("")
 }
 
 /// The known key with the smallest edit distance to `key`.
@@ -160,10 +127,8 @@ mod tests {
 
     #[test]
     fn parses_values_with_equals_and_booleans() {
-        let p = UserParams::parse(Some(
-            "pretrain_model_name_or_path=./a=b\n enable_distillation=true alpha=0.5",
-        ))
-        .unwrap();
+        let p =
+            UserParams::parse(Some("pretrain_model_name_or_path=./a=b\n enable_distillation=true alpha=0.5")).unwrap();
         assert_eq!(p.get("pretrain_model_name_or_path"), Some("./a=b"));
         assert!(p.bool("enable_distillation", false).unwrap());
         assert_eq!(p.float_in("alpha", 0.2, 0.0, 1.0).unwrap(), 0.5);
@@ -172,9 +137,7 @@ mod tests {
 
     #[test]
     fn unknown_key_suggests_closest() {
-        let err = UserParams::parse(Some("temperatur=2"))
-            .unwrap_err()
-            .to_string();
+        let err = UserParams::parse(Some("temperatur=2")).unwrap_err().to_string();
         assert!(err.contains("did you mean `temperature`"), "{err}");
     }
 

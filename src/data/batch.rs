@@ -53,11 +53,7 @@ pub fn make_batch(examples: &[&Example], device: &Device) -> Result<Batch> {
         .collect::<Option<Vec<u32>>>()
         .map(|l| Tensor::from_vec(l, b, device))
         .transpose()?;
-    let teacher_logits = match examples
-        .iter()
-        .map(|e| e.teacher_logits.as_deref())
-        .collect::<Option<Vec<_>>>()
-    {
+    let teacher_logits = match examples.iter().map(|e| e.teacher_logits.as_deref()).collect::<Option<Vec<_>>>() {
         Some(rows) if b > 0 => {
             let c = rows[0].len();
             Some(Tensor::from_vec(rows.concat(), (b, c), device)?)
@@ -81,10 +77,7 @@ pub fn batch_indices(n: usize, batch_size: usize, rng: Option<&mut Rng>) -> Vec<
     if let Some(rng) = rng {
         rng.shuffle(&mut order);
     }
-    order
-        .chunks(batch_size.max(1))
-        .map(|c| c.to_vec())
-        .collect()
+    order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
 }
 
 /// Rows per length bucket, in batches: rows are sorted by length within windows of this many
@@ -95,11 +88,7 @@ pub const BUCKET_BATCHES: usize = 50;
 /// windows of [`BUCKET_BATCHES`] batches, cut into batches, and the batches shuffled again, so
 /// every epoch still mixes rows across buckets. Without (evaluate/predict): the same windows over
 /// file order, deterministic. Callers that write rows out restore file order themselves.
-pub fn bucketed_batches(
-    lengths: &[usize],
-    batch_size: usize,
-    rng: Option<&mut Rng>,
-) -> Vec<Vec<usize>> {
+pub fn bucketed_batches(lengths: &[usize], batch_size: usize, rng: Option<&mut Rng>) -> Vec<Vec<usize>> {
     let bs = batch_size.max(1);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     let mut rng = rng;
@@ -124,10 +113,7 @@ mod tests {
     #[test]
     fn pads_to_longest_row() {
         let ex = |n: usize, l: u32| Example {
-            enc: Encoded {
-                ids: vec![7; n],
-                type_ids: vec![0; n],
-            },
+            enc: Encoded { ids: vec![7; n], type_ids: vec![0; n] },
             label: Some(l),
             teacher_logits: None,
         };
@@ -137,10 +123,7 @@ mod tests {
         let mask: Vec<Vec<f32>> = batch.attention_mask.to_vec2().unwrap();
         assert_eq!(mask[0], vec![1., 1., 1., 0., 0.]);
         assert_eq!(batch.tokens, 8);
-        assert_eq!(
-            batch_indices(5, 2, None),
-            vec![vec![0, 1], vec![2, 3], vec![4]]
-        );
+        assert_eq!(batch_indices(5, 2, None), vec![vec![0, 1], vec![2, 3], vec![4]]);
     }
 
     #[test]
@@ -151,18 +134,12 @@ mod tests {
         let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
-        let padded: usize = batches
-            .iter()
-            .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
-            .sum();
+        let padded: usize = batches.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum();
         let plain: usize = batch_indices(1000, 8, Some(&mut Rng::new(5)))
             .iter()
             .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
             .sum();
-        assert!(
-            padded * 10 < plain * 7,
-            "bucketing pads {padded} tokens vs {plain}"
-        );
+        assert!(padded * 10 < plain * 7, "bucketing pads {padded} tokens vs {plain}");
         let again = bucketed_batches(&lengths, 8, Some(&mut Rng::new(5)));
         assert_eq!(batches, again, "seeded");
         let other = bucketed_batches(&lengths, 8, Some(&mut Rng::new(6)));

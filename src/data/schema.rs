@@ -46,19 +46,10 @@ impl Value {
             Value::Str(s) => s.clone(),
             Value::Int(i) => i.to_string(),
             Value::Float(f) => crate::apps::format::python_float(*f),
-            Value::Ints(v) => format!(
-                "[{}]",
-                v.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Value::Ints(v) => format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
             Value::Floats(v) => format!(
                 "[{}]",
-                v.iter()
-                    .map(|x| crate::apps::format::python_float(*x as f64))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                v.iter().map(|x| crate::apps::format::python_float(*x as f64)).collect::<Vec<_>>().join(", ")
             ),
         }
     }
@@ -86,9 +77,7 @@ impl Schema {
         for item in text.split(',').map(str::trim) {
             let parts: Vec<&str> = item.split(':').collect();
             let [name, kind, len] = parts[..] else {
-                bail!(
-                    "--input_schema: `{item}` is not of the form name:type:len (e.g. sent:str:1)"
-                );
+                bail!("--input_schema: `{item}` is not of the form name:type:len (e.g. sent:str:1)");
             };
             if name.is_empty() {
                 bail!("--input_schema: `{item}` has an empty column name");
@@ -97,9 +86,7 @@ impl Schema {
                 "str" => ColumnType::Str,
                 "int" => ColumnType::Int,
                 "float" => ColumnType::Float,
-                other => bail!(
-                    "--input_schema: column `{name}` has type `{other}`; expected str, int or float"
-                ),
+                other => bail!("--input_schema: column `{name}` has type `{other}`; expected str, int or float"),
             };
             let len: usize = match len.parse() {
                 Ok(n) if n >= 1 => n,
@@ -111,11 +98,7 @@ impl Schema {
             if columns.iter().any(|c| c.name == name) {
                 bail!("--input_schema: column `{name}` appears twice");
             }
-            columns.push(Column {
-                name: name.to_string(),
-                kind,
-                len,
-            });
+            columns.push(Column { name: name.to_string(), kind, len });
         }
         Ok(Schema { columns })
     }
@@ -124,10 +107,7 @@ impl Schema {
     pub fn index_of(&self, name: &str, flag: &str) -> Result<usize> {
         match self.columns.iter().position(|c| c.name == name) {
             Some(i) => Ok(i),
-            None => bail!(
-                "{flag}: column `{name}` is not in --input_schema (columns: {})",
-                self.names().join(", ")
-            ),
+            None => bail!("{flag}: column `{name}` is not in --input_schema (columns: {})", self.names().join(", ")),
         }
     }
 
@@ -138,9 +118,7 @@ impl Schema {
 
     /// A schema of only the first `n` columns.
     pub fn prefix(&self, n: usize) -> Schema {
-        Schema {
-            columns: self.columns[..n].to_vec(),
-        }
+        Schema { columns: self.columns[..n].to_vec() }
     }
 
     /// Parses the tab-separated `fields` of one row; `place` is `file:line` for error messages.
@@ -153,21 +131,13 @@ impl Schema {
                 fields.len()
             );
         }
-        self.columns
-            .iter()
-            .zip(fields)
-            .map(|(col, raw)| parse_value(col, raw, place))
-            .collect()
+        self.columns.iter().zip(fields).map(|(col, raw)| parse_value(col, raw, place)).collect()
     }
 }
 
 fn parse_value(col: &Column, raw: &str, place: &str) -> Result<Value> {
     let bad = |what: &str| -> anyhow::Error {
-        anyhow::anyhow!(
-            "{place}: column `{}`: `{}` is not {what}",
-            col.name,
-            clip(raw)
-        )
+        anyhow::anyhow!("{place}: column `{}`: `{}` is not {what}", col.name, clip(raw))
     };
     Ok(match (col.kind, col.len) {
         (ColumnType::Str, _) => Value::Str(raw.to_string()),
@@ -186,10 +156,7 @@ fn parse_value(col: &Column, raw: &str, place: &str) -> Result<Value> {
                 .collect::<Result<_, _>>()
                 .map_err(|_| bad(&format!("{n} comma-separated integers")))?;
             if v.len() != n {
-                return Err(bad(&format!(
-                    "{n} comma-separated integers (found {})",
-                    v.len()
-                )));
+                return Err(bad(&format!("{n} comma-separated integers (found {})", v.len())));
             }
             Value::Ints(v)
         }
@@ -200,10 +167,7 @@ fn parse_value(col: &Column, raw: &str, place: &str) -> Result<Value> {
                 .collect::<Result<_, _>>()
                 .map_err(|_| bad(&format!("{n} comma-separated numbers")))?;
             if v.len() != n {
-                return Err(bad(&format!(
-                    "{n} comma-separated numbers (found {})",
-                    v.len()
-                )));
+                return Err(bad(&format!("{n} comma-separated numbers (found {})", v.len())));
             }
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(bad(&format!("{n} finite numbers")));
@@ -237,18 +201,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_schema_and_rows() {
-        assert!(Schema::parse("a:bool:1")
-            .unwrap_err()
-            .to_string()
-            .contains("expected str, int or float"));
+        assert!(Schema::parse("a:bool:1").unwrap_err().to_string().contains("expected str, int or float"));
         assert!(Schema::parse("a:str").is_err());
         let s = Schema::parse("a:str:1,l:float:2").unwrap();
         let e = s.parse_fields(&["x"], "f.tsv:3").unwrap_err().to_string();
         assert!(e.contains("f.tsv:3") && e.contains("expected 2"), "{e}");
-        let e = s
-            .parse_fields(&["x", "1,2,3"], "f.tsv:4")
-            .unwrap_err()
-            .to_string();
+        let e = s.parse_fields(&["x", "1,2,3"], "f.tsv:4").unwrap_err().to_string();
         assert!(e.contains("`l`") && e.contains("found 3"), "{e}");
         assert!(s.parse_fields(&["x", "1,nan"], "f:1").is_err());
     }

@@ -17,8 +17,7 @@ pub struct Row {
 /// Reads the raw lines of a table: BOM and trailing `\r` stripped, the header skipped if asked,
 /// a final empty line ignored. Returns `(line_number, text)` pairs.
 pub fn read_lines(path: &Path, skip_first_line: bool) -> Result<Vec<(usize, String)>> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read table {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read table {}", path.display()))?;
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -28,11 +27,8 @@ pub fn read_lines(path: &Path, skip_first_line: bool) -> Result<Vec<(usize, Stri
         }
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut lines: Vec<(usize, String)> = text
-        .split('\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l).to_string()))
-        .collect();
+    let mut lines: Vec<(usize, String)> =
+        text.split('\n').enumerate().map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l).to_string())).collect();
     if text.ends_with('\n') || text.is_empty() {
         lines.pop();
     }
@@ -54,10 +50,7 @@ pub fn read_table(path: &Path, schema: &Schema, skip_first_line: bool) -> Result
         .map(|(line, text)| {
             let fields: Vec<&str> = text.split('\t').collect();
             let values = schema.parse_fields(&fields, &format!("{name}:{line}"))?;
-            Ok(Row {
-                line: *line,
-                values,
-            })
+            Ok(Row { line: *line, values })
         })
         .collect()
 }

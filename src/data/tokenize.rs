@@ -6,9 +6,7 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{
-    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// One tokenized row (no padding): token ids and segment ids of equal length.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,15 +30,11 @@ impl BertTokenizer {
         let json = model_dir.join("tokenizer.json");
         let vocab = model_dir.join("vocab.txt");
         let mut inner = if json.is_file() {
-            Tokenizer::from_file(&json)
-                .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", json.display()))?
+            Tokenizer::from_file(&json).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", json.display()))?
         } else if vocab.is_file() {
             from_vocab(&vocab)?
         } else {
-            bail!(
-                "{}: no tokenizer.json or vocab.txt (a BERT model directory needs one of them)",
-                model_dir.display()
-            );
+            bail!("{}: no tokenizer.json or vocab.txt (a BERT model directory needs one of them)", model_dir.display());
         };
         inner.with_padding(None);
         inner
@@ -71,16 +65,10 @@ impl BertTokenizer {
                 }
             })
             .collect();
-        let encodings = self
-            .inner
-            .encode_batch(inputs, true)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let encodings = self.inner.encode_batch(inputs, true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(encodings
             .into_iter()
-            .map(|e| Encoded {
-                ids: e.get_ids().to_vec(),
-                type_ids: e.get_type_ids().to_vec(),
-            })
+            .map(|e| Encoded { ids: e.get_ids().to_vec(), type_ids: e.get_type_ids().to_vec() })
             .collect())
     }
 
@@ -104,15 +92,11 @@ fn from_vocab(vocab: &Path) -> Result<Tokenizer> {
     let mut tk = Tokenizer::new(wordpiece);
     tk.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
-    tk.with_post_processor(Some(BertProcessing::new(
-        ("[SEP]".into(), sep),
-        ("[CLS]".into(), cls),
-    )));
+    tk.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
     Ok(tk)
 }
 
 fn wordpiece_id(wp: &WordPiece, token: &str, vocab: &Path) -> Result<u32> {
     use tokenizers::Model;
-    wp.token_to_id(token)
-        .with_context(|| format!("{}: the vocabulary has no {token} token", vocab.display()))
+    wp.token_to_id(token).with_context(|| format!("{}: the vocabulary has no {token} token", vocab.display()))
 }

@@ -19,18 +19,12 @@ pub struct ForwardCtx {
 impl ForwardCtx {
     /// Inference: no dropout.
     pub fn eval() -> Self {
-        ForwardCtx {
-            train: false,
-            rng: RefCell::new(Rng::new(0)),
-        }
+        ForwardCtx { train: false, rng: RefCell::new(Rng::new(0)) }
     }
 
     /// Training: dropout drawn from a generator seeded by `seed`.
     pub fn train(seed: u64) -> Self {
-        ForwardCtx {
-            train: true,
-            rng: RefCell::new(Rng::new(seed)),
-        }
+        ForwardCtx { train: true, rng: RefCell::new(Rng::new(seed)) }
     }
 
     /// Inverted dropout with probability `p`; identity outside training.
@@ -42,9 +36,7 @@ impl ForwardCtx {
         let scale = 1.0 / keep;
         let n = x.elem_count();
         let mut rng = self.rng.borrow_mut();
-        let mask: Vec<f32> = (0..n)
-            .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
-            .collect();
+        let mask: Vec<f32> = (0..n).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
         x.mul(&mask)
     }
@@ -81,10 +73,7 @@ pub struct Linear {
 impl Linear {
     /// Loads `<prefix>.weight` (`[out, in]`) and `<prefix>.bias`.
     pub fn load(get: &WeightFn, prefix: &str) -> anyhow::Result<Self> {
-        Ok(Linear {
-            w: get(&format!("{prefix}.weight"))?,
-            b: get(&format!("{prefix}.bias"))?,
-        })
+        Ok(Linear { w: get(&format!("{prefix}.weight"))?, b: get(&format!("{prefix}.bias"))? })
     }
 
     /// Applies the layer to `[..., in]`.
@@ -112,11 +101,7 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn load(get: &WeightFn, prefix: &str, eps: f64) -> anyhow::Result<Self> {
-        Ok(LayerNorm {
-            gamma: get(&format!("{prefix}.weight"))?,
-            beta: get(&format!("{prefix}.bias"))?,
-            eps,
-        })
+        Ok(LayerNorm { gamma: get(&format!("{prefix}.weight"))?, beta: get(&format!("{prefix}.bias"))?, eps })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -153,22 +138,8 @@ impl Bert {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("bert.encoder.layer.{i}");
             let part = |n: &str, t: &str| get(&format!("{p}.attention.self.{n}.{t}"));
-            let qkv_w = Tensor::cat(
-                &[
-                    part("query", "weight")?,
-                    part("key", "weight")?,
-                    part("value", "weight")?,
-                ],
-                0,
-            )?;
-            let qkv_b = Tensor::cat(
-                &[
-                    part("query", "bias")?,
-                    part("key", "bias")?,
-                    part("value", "bias")?,
-                ],
-                0,
-            )?;
+            let qkv_w = Tensor::cat(&[part("query", "weight")?, part("key", "weight")?, part("value", "weight")?], 0)?;
+            let qkv_b = Tensor::cat(&[part("query", "bias")?, part("key", "bias")?, part("value", "bias")?], 0)?;
             layers.push(Layer {
                 qkv_w,
                 qkv_b,
@@ -186,11 +157,7 @@ impl Bert {
             token_type: get("bert.embeddings.token_type_embeddings.weight")?,
             emb_norm: LayerNorm::load(get, "bert.embeddings.LayerNorm", eps)?,
             layers,
-            pooler: if with_pooler {
-                Some(Linear::load(get, "bert.pooler.dense")?)
-            } else {
-                None
-            },
+            pooler: if with_pooler { Some(Linear::load(get, "bert.pooler.dense")?) } else { None },
         })
     }
 
@@ -211,14 +178,8 @@ impl Bert {
         let (b, l) = input_ids.dims2()?;
         let h = self.cfg.hidden_size;
         let device = input_ids.device();
-        let words = self
-            .word
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, l, h))?;
-        let types = self
-            .token_type
-            .index_select(&token_type_ids.flatten_all()?, 0)?
-            .reshape((b, l, h))?;
+        let words = self.word.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
+        let types = self.token_type.index_select(&token_type_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
         let positions = self.position.narrow(0, 0, l)?;
         let emb = words.add(&types)?.broadcast_add(&positions)?;
         let mut x = ctx.dropout(&self.emb_norm.forward(&emb)?, self.cfg.hidden_dropout_prob)?;
@@ -243,12 +204,7 @@ impl Bert {
             Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
             None => None,
         };
-        Ok(EncoderOutput {
-            last_hidden: x,
-            hidden_states,
-            attentions,
-            pooled,
-        })
+        Ok(EncoderOutput { last_hidden: x, hidden_states, attentions, pooled })
     }
 
     fn layer_forward(
@@ -267,21 +223,13 @@ impl Bert {
             .matmul(&layer.qkv_w.t()?)?
             .broadcast_add(&layer.qkv_b)?
             .reshape((b, l, 3, heads, dh))?;
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(2, i, 1)?
-                .squeeze(2)?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous() };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let scores = q.matmul(&k.t()?)?;
         let probs = ops::attention_softmax(&scores, mask_bias, 1.0 / (dh as f64).sqrt())?;
         let dropped = ctx.dropout(&probs, self.cfg.attention_probs_dropout_prob)?;
         let context = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        let attn = ctx.dropout(
-            &layer.attn_out.forward(&context)?,
-            self.cfg.hidden_dropout_prob,
-        )?;
+        let attn = ctx.dropout(&layer.attn_out.forward(&context)?, self.cfg.hidden_dropout_prob)?;
         let attn = layer.attn_norm.forward(&attn.add(x)?)?;
         let inter = ops::bias_gelu_erf(&layer.inter.matmul(&attn)?, &layer.inter.b)?;
         let out = ctx.dropout(&layer.out.forward(&inter)?, self.cfg.hidden_dropout_prob)?;

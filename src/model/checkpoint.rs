@@ -25,49 +25,32 @@ pub struct Checkpoint {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
 }
 
 /// A sibling temporary path for atomic writes.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
 /// Saves tensors as safetensors atomically.
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let tmp = temp_path(path);
-    candle_core::safetensors::save(tensors, &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", path.display()))
+    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
 }
 
 /// The `config.json` of a fine-tuned classifier: the backbone config plus labels and architecture.
 pub fn classifier_config_json(cfg: &BertConfig, labels: &LabelSet) -> Value {
     let mut raw = cfg.raw.clone();
-    raw.insert(
-        "architectures".into(),
-        json!(["BertForSequenceClassification"]),
-    );
+    raw.insert("architectures".into(), json!(["BertForSequenceClassification"]));
     raw.insert("model_type".into(), json!("bert"));
     raw.insert("num_labels".into(), json!(labels.len()));
-    let id2label: serde_json::Map<String, Value> = labels
-        .names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (i.to_string(), json!(n)))
-        .collect();
-    let label2id: serde_json::Map<String, Value> = labels
-        .names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.clone(), json!(i)))
-        .collect();
+    let id2label: serde_json::Map<String, Value> =
+        labels.names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
+    let label2id: serde_json::Map<String, Value> =
+        labels.names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
     raw.insert("id2label".into(), Value::Object(id2label));
     raw.insert("label2id".into(), Value::Object(label2id));
     Value::Object(raw)
@@ -82,35 +65,18 @@ pub fn save_metadata(
     train_config: &Value,
     tokenizer_src: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create checkpoint dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint dir {}", dir.display()))?;
     let config = serde_json::to_string_pretty(&classifier_config_json(cfg, labels))?;
     write_atomic(&dir.join("config.json"), format!("{config}\n").as_bytes())?;
-    let mapping: serde_json::Map<String, Value> = labels
-        .names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.clone(), json!(i)))
-        .collect();
-    write_atomic(
-        &dir.join("label_mapping.json"),
-        serde_json::to_string(&mapping)?.as_bytes(),
-    )?;
-    write_atomic(
-        &dir.join("train_config.json"),
-        serde_json::to_string_pretty(train_config)?.as_bytes(),
-    )?;
-    for file in [
-        "vocab.txt",
-        "tokenizer.json",
-        "special_tokens_map.json",
-        "tokenizer_config.json",
-    ] {
+    let mapping: serde_json::Map<String, Value> =
+        labels.names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
+    write_atomic(&dir.join("label_mapping.json"), serde_json::to_string(&mapping)?.as_bytes())?;
+    write_atomic(&dir.join("train_config.json"), serde_json::to_string_pretty(train_config)?.as_bytes())?;
+    for file in ["vocab.txt", "tokenizer.json", "special_tokens_map.json", "tokenizer_config.json"] {
         let src = tokenizer_src.join(file);
         let dst = dir.join(file);
         if src.is_file() && src.canonicalize().ok() != dst.canonicalize().ok() {
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
+            let bytes = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
             write_atomic(&dst, &bytes)?;
         }
     }
@@ -121,10 +87,7 @@ pub fn save_metadata(
 /// `BertForSequenceClassification` directory with labels).
 pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint> {
     if !dir.is_dir() {
-        bail!(
-            "checkpoint `{}` does not exist (train one with --mode=train --checkpoint_dir=...)",
-            dir.display()
-        );
+        bail!("checkpoint `{}` does not exist (train one with --mode=train --checkpoint_dir=...)", dir.display());
     }
     let config = BertConfig::load(dir)?;
     let (weights, _) = read_weights(dir, device)?;
@@ -140,12 +103,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint> {
     for (name, t) in &weights {
         params.insert(name, t)?;
     }
-    Ok(Checkpoint {
-        config,
-        params,
-        labels,
-        dir: dir.to_path_buf(),
-    })
+    Ok(Checkpoint { config, params, labels, dir: dir.to_path_buf() })
 }
 
 /// Labels from `label_mapping.json`, else from `config.json`'s `id2label`.
@@ -153,26 +111,17 @@ fn read_labels(dir: &Path, cfg: &BertConfig) -> Result<LabelSet> {
     let mapping = dir.join("label_mapping.json");
     let pairs: Vec<(String, usize)> = if mapping.is_file() {
         let text = std::fs::read_to_string(&mapping)?;
-        let map: HashMap<String, usize> = serde_json::from_str(&text).with_context(|| {
-            format!("{}: expected {{\"label\": index, ...}}", mapping.display())
-        })?;
+        let map: HashMap<String, usize> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: expected {{\"label\": index, ...}}", mapping.display()))?;
         map.into_iter().collect()
     } else if let Some(Value::Object(id2label)) = cfg.raw.get("id2label") {
         id2label
             .iter()
-            .map(|(i, n)| {
-                Ok((
-                    n.as_str().unwrap_or_default().to_string(),
-                    i.parse::<usize>()?,
-                ))
-            })
+            .map(|(i, n)| Ok((n.as_str().unwrap_or_default().to_string(), i.parse::<usize>()?)))
             .collect::<Result<_>>()
             .with_context(|| format!("{}/config.json: bad id2label", dir.display()))?
     } else {
-        bail!(
-            "{}: no label_mapping.json and no id2label in config.json",
-            dir.display()
-        );
+        bail!("{}: no label_mapping.json and no id2label in config.json", dir.display());
     };
     let mut names = vec![String::new(); pairs.len()];
     for (name, idx) in pairs {

@@ -31,23 +31,9 @@ impl Classifier {
     }
 
     /// Logits plus the encoder outputs kept by `taps`.
-    pub fn forward_with(
-        &self,
-        batch: &Batch,
-        taps: Taps,
-        ctx: &ForwardCtx,
-    ) -> Result<(Tensor, EncoderOutput)> {
-        let out = self.bert.forward(
-            &batch.input_ids,
-            &batch.token_type_ids,
-            &batch.attention_mask,
-            taps,
-            ctx,
-        )?;
-        let pooled = out
-            .pooled
-            .as_ref()
-            .expect("classifier always loads a pooler");
+    pub fn forward_with(&self, batch: &Batch, taps: Taps, ctx: &ForwardCtx) -> Result<(Tensor, EncoderOutput)> {
+        let out = self.bert.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, taps, ctx)?;
+        let pooled = out.pooled.as_ref().expect("classifier always loads a pooler");
         let logits = self.head.forward(&ctx.dropout(pooled, self.dropout)?)?;
         Ok((logits, out))
     }

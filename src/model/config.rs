@@ -64,25 +64,18 @@ impl BertConfig {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("{}: cannot read the model config", path.display()))?;
-        let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a JSON object", path.display()))?;
+        let raw: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).with_context(|| format!("{}: not a JSON object", path.display()))?;
         let mut cfg: BertConfig = serde_json::from_value(serde_json::Value::Object(raw.clone()))
             .with_context(|| format!("{}: not a BERT config", path.display()))?;
         cfg.raw = raw;
         if let Some(t) = cfg.raw.get("model_type").and_then(|v| v.as_str()) {
             if t != "bert" {
-                bail!(
-                    "{}: model_type `{t}` is not supported (only bert)",
-                    path.display()
-                );
+                bail!("{}: model_type `{t}` is not supported (only bert)", path.display());
             }
         }
         if cfg.hidden_act != "gelu" {
-            bail!(
-                "{}: hidden_act `{}` is not supported (only gelu)",
-                path.display(),
-                cfg.hidden_act
-            );
+            bail!("{}: hidden_act `{}` is not supported (only gelu)", path.display(), cfg.hidden_act);
         }
         if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             bail!(

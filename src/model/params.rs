@@ -36,9 +36,7 @@ impl Params {
     }
 
     fn var(&self, name: &str) -> Result<&Var> {
-        self.vars
-            .get(name)
-            .with_context(|| format!("the model has no weight `{name}`"))
+        self.vars.get(name).with_context(|| format!("the model has no weight `{name}`"))
     }
 
     /// All parameters in name order.
@@ -53,10 +51,7 @@ impl Params {
 
     /// The parameters as plain tensors, for saving.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect()
+        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
     }
 
     /// Adds `name` drawn from N(0, std) (or zeros when `std` is 0) unless it already exists.
@@ -73,15 +68,7 @@ impl Params {
             return Ok(false);
         }
         let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                if std == 0.0 {
-                    0.0
-                } else {
-                    rng.normal() * std as f32
-                }
-            })
-            .collect();
+        let data: Vec<f32> = (0..n).map(|_| if std == 0.0 { 0.0 } else { rng.normal() * std as f32 }).collect();
         self.insert(name, &Tensor::from_vec(data, shape, device)?)?;
         Ok(true)
     }
@@ -105,22 +92,16 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tens
             .map(|(k, t)| Ok((k, t.to_device(device)?)))
             .collect::<Result<_>>()?
     } else {
-        bail!(
-            "{}: no model.safetensors or pytorch_model.bin",
-            dir.display()
-        );
+        bail!("{}: no model.safetensors or pytorch_model.bin", dir.display());
     };
     let mut weights = HashMap::new();
     let mut unexpected = Vec::new();
     for (name, tensor) in raw {
-        let mut n = name
-            .replace("LayerNorm.gamma", "LayerNorm.weight")
-            .replace("LayerNorm.beta", "LayerNorm.bias");
+        let mut n = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias");
         if n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("pooler.") {
             n = format!("bert.{n}");
         }
-        let known =
-            n.starts_with("bert.") || n.starts_with("classifier.") || n.starts_with("fit_dense.");
+        let known = n.starts_with("bert.") || n.starts_with("classifier.") || n.starts_with("fit_dense.");
         if !known || n.ends_with("position_ids") {
             unexpected.push(name);
             continue;

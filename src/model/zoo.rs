@@ -11,9 +11,7 @@ pub fn zoo_dir(modelzoo_base_dir: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("EASYNLP_MODELZOO").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".easynlp").join("modelzoo")
 }
 
@@ -24,10 +22,8 @@ pub fn resolve_model(name_or_path: &str, modelzoo_base_dir: &str) -> Result<Path
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
     }
-    let looks_like_path = ["./", "../", "/", "~"]
-        .iter()
-        .any(|p| name_or_path.starts_with(p))
-        || name_or_path.contains('/');
+    let looks_like_path =
+        ["./", "../", "/", "~"].iter().any(|p| name_or_path.starts_with(p)) || name_or_path.contains('/');
     if looks_like_path {
         bail!("pretrain_model_name_or_path: directory `{name_or_path}` does not exist");
     }

@@ -1,8 +1,6 @@
 //! Fused exact (erf) GELU, optionally with a bias added first, with fused backward passes.
 
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::math::{gelu, gelu_grad};
@@ -28,10 +26,7 @@ pub fn bias_gelu_erf(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     }
     let h = x.dim(D::Minus1)?;
     if bias.elem_count() != h {
-        bail!(
-            "bias_gelu_erf: bias {:?} must have {h} elements",
-            bias.dims()
-        );
+        bail!("bias_gelu_erf: bias {:?} must have {h} elements", bias.dims());
     }
     x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGeluErf)
 }
@@ -54,9 +49,7 @@ impl CustomOp1 for GeluErf {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            x.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluErfBwd)?,
-        ))
+        Ok(Some(x.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluErfBwd)?))
     }
 }
 
@@ -68,13 +61,7 @@ impl CustomOp2 for GeluErfBwd {
         "fused-gelu-erf-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = util::f32_slice(s1, l1, self.name())?;
         let g = util::f32_slice(s2, l2, self.name())?;
         if x.len() != g.len() {
@@ -82,10 +69,7 @@ impl CustomOp2 for GeluErfBwd {
         }
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(util::ELEM_BLOCK)
-            .zip(
-                x.par_chunks(util::ELEM_BLOCK)
-                    .zip(g.par_chunks(util::ELEM_BLOCK)),
-            )
+            .zip(x.par_chunks(util::ELEM_BLOCK).zip(g.par_chunks(util::ELEM_BLOCK)))
             .for_each(|(dx, (x, g))| {
                 for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
                     *dx = g * gelu_grad(x);
@@ -103,24 +87,16 @@ impl CustomOp2 for BiasGeluErf {
         "fused-bias-gelu-erf"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = util::f32_slice(s1, l1, self.name())?;
         let bias = util::f32_slice(s2, l2, self.name())?;
         let h = bias.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h)
-            .zip(x.par_chunks(h))
-            .for_each(|(y, x)| {
-                for ((y, &x), &b) in y.iter_mut().zip(x).zip(bias) {
-                    *y = gelu(x + b);
-                }
-            });
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
+            for ((y, &x), &b) in y.iter_mut().zip(x).zip(bias) {
+                *y = gelu(x + b);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -169,9 +145,7 @@ impl CustomOp3 for BiasGeluErfBwd {
         let sums = util::par_rows_with_acc(dx, h, h, |row, dx, dbias| {
             let x = &x[row * h..(row + 1) * h];
             let g = &grad[row * h..(row + 1) * h];
-            for (((dx, db), &x), (&b, &g)) in
-                dx.iter_mut().zip(dbias).zip(x).zip(bias.iter().zip(g))
-            {
+            for (((dx, db), &x), (&b, &g)) in dx.iter_mut().zip(dbias).zip(x).zip(bias.iter().zip(g)) {
                 *dx = g * gelu_grad(x + b);
                 *db += *dx;
             }

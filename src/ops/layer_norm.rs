@@ -16,14 +16,9 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     }
     let h = x.dim(D::Minus1)?;
     if gamma.elem_count() != h || beta.elem_count() != h {
-        bail!(
-            "layer_norm: gamma {:?} and beta {:?} must have {h} elements",
-            gamma.dims(),
-            beta.dims()
-        );
+        bail!("layer_norm: gamma {:?} and beta {:?} must have {h} elements", gamma.dims(), beta.dims());
     }
-    x.contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps })
+    x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps })
 }
 
 /// Mean and reciprocal standard deviation `1 / sqrt(var + eps)` of one row (two-pass, f64).
@@ -59,15 +54,13 @@ impl CustomOp3 for LayerNorm {
         let beta = util::f32_slice(s3, l3, self.name())?;
         let h = gamma.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h)
-            .zip(x.par_chunks(h))
-            .for_each(|(y, x)| {
-                let (mean, rstd) = row_stats(x, self.eps);
-                let (mean, rstd) = (mean as f32, rstd as f32);
-                for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    *y = (x - mean) * rstd * g + b;
-                }
-            });
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
+            let (mean, rstd) = row_stats(x, self.eps);
+            let (mean, rstd) = (mean as f32, rstd as f32);
+            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                *y = (x - mean) * rstd * g + b;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -134,8 +127,7 @@ impl CustomOp3 for LayerNormBwd {
             let (mean, rstd) = (mean as f32, rstd as f32);
             let (dgamma, dbeta) = acc.split_at_mut(h);
             let params = dgamma.iter_mut().zip(dbeta.iter_mut());
-            for ((dx, (&x, &g)), (dgamma, dbeta)) in dx.iter_mut().zip(x.iter().zip(g)).zip(params)
-            {
+            for ((dx, (&x, &g)), (dgamma, dbeta)) in dx.iter_mut().zip(x.iter().zip(g)).zip(params) {
                 let xhat = (x - mean) * rstd;
                 *dx = rstd * (*dx - mean_gy - xhat * mean_gy_xhat);
                 *dgamma += g * xhat;

@@ -105,10 +105,8 @@ mod tests {
     #[test]
     fn gelu_accuracy() {
         let gelu = |x: f64| 0.5 * x * erfc_f64(-x / 2f64.sqrt());
-        let grad = |x: f64| {
-            0.5 * erfc_f64(-x / 2f64.sqrt())
-                + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
-        };
+        let grad =
+            |x: f64| 0.5 * erfc_f64(-x / 2f64.sqrt()) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
         // Relative to the exact value; the derivative is skipped near its root (x ~ -0.75) and
         // the far negative tail is looser because -x^2/2 is rounded to f32 before the exp.
         assert!(worst(-5.0, 10.0, super::gelu, gelu) < 1.5e-6);

@@ -8,10 +8,7 @@ use candle_core::{Result, Tensor, D};
 /// `[batch, heads, q_len, k_len]`, `mask_bias` is `[batch, k_len]` (additive, no gradient).
 pub fn attention_softmax(scores: &Tensor, mask_bias: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, _, _, k) = scores.dims4()?;
-    let mask = mask_bias
-        .detach()
-        .to_dtype(scores.dtype())?
-        .reshape((b, 1, 1, k))?;
+    let mask = mask_bias.detach().to_dtype(scores.dtype())?.reshape((b, 1, 1, k))?;
     let z = (scores * scale)?.broadcast_add(&mask)?;
     // The max shift only stabilises the exponentials; it carries no gradient.
     let max = z.max_keepdim(D::Minus1)?.detach();

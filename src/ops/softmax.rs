@@ -20,16 +20,11 @@ pub fn attention_softmax(scores: &Tensor, mask_bias: &Tensor, scale: f64) -> Res
     }
     let (b, _, _, k) = scores.dims4()?;
     if mask_bias.dims() != [b, k] {
-        bail!(
-            "attention_softmax: mask_bias must be [{b}, {k}], got {:?}",
-            mask_bias.dims()
-        );
+        bail!("attention_softmax: mask_bias must be [{b}, {k}], got {:?}", mask_bias.dims());
     }
     let mask = mask_bias.detach().contiguous()?;
     let scale = scale as f32;
-    scores
-        .contiguous()?
-        .apply_op2(&mask, AttentionSoftmax { scale })
+    scores.contiguous()?.apply_op2(&mask, AttentionSoftmax { scale })
 }
 
 /// Forward op: inputs are the scores and the mask bias; the output has the scores' shape.
@@ -42,25 +37,16 @@ impl CustomOp2 for AttentionSoftmax {
         "fused-attention-softmax"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let scores = util::f32_slice(s1, l1, self.name())?;
         let mask = util::f32_slice(s2, l2, self.name())?;
         let (_, heads, q_len, k) = l1.shape().dims4()?;
         let rows_per_batch = heads * q_len;
         let mut out = vec![0f32; scores.len()];
-        out.par_chunks_mut(k)
-            .zip(scores.par_chunks(k))
-            .enumerate()
-            .for_each(|(row, (y, s))| {
-                let batch = row / rows_per_batch;
-                softmax_row(s, &mask[batch * k..(batch + 1) * k], self.scale, y);
-            });
+        out.par_chunks_mut(k).zip(scores.par_chunks(k)).enumerate().for_each(|(row, (y, s))| {
+            let batch = row / rows_per_batch;
+            softmax_row(s, &mask[batch * k..(batch + 1) * k], self.scale, y);
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -72,9 +58,7 @@ impl CustomOp2 for AttentionSoftmax {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let op = AttentionSoftmaxBwd { scale: self.scale };
-        let grad = res
-            .contiguous()?
-            .apply_op2_no_bwd(&grad_res.contiguous()?, &op)?;
+        let grad = res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?;
         Ok((Some(grad), None))
     }
 }
@@ -111,13 +95,7 @@ impl CustomOp2 for AttentionSoftmaxBwd {
         "fused-attention-softmax-bwd"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = util::f32_slice(s1, l1, self.name())?;
         let g = util::f32_slice(s2, l2, self.name())?;
         if l1.shape() != l2.shape() {
@@ -125,14 +103,12 @@ impl CustomOp2 for AttentionSoftmaxBwd {
         }
         let k = l1.dims()[l1.dims().len() - 1];
         let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(k)
-            .zip(y.par_chunks(k).zip(g.par_chunks(k)))
-            .for_each(|(dx, (y, g))| {
-                let dot = util::dot_f64(y, g) as f32;
-                for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                    *dx = self.scale * y * (g - dot);
-                }
-            });
+        dx.par_chunks_mut(k).zip(y.par_chunks(k).zip(g.par_chunks(k))).for_each(|(dx, (y, g))| {
+            let dot = util::dot_f64(y, g) as f32;
+            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                *dx = self.scale * y * (g - dot);
+            }
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -14,22 +14,14 @@ pub(crate) const ELEM_BLOCK: usize = 4096;
 /// True when all tensors are f32 and on the CPU and the first one is non-empty, i.e. when the
 /// fused kernels apply; otherwise callers fall back to the `reference` implementation.
 pub(crate) fn use_fused(tensors: &[&Tensor]) -> bool {
-    tensors
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
         && tensors.first().is_some_and(|t| t.elem_count() > 0)
 }
 
 /// Borrows the f32 data of a contiguous `layout` in `storage`; errors on any other dtype or on a
 /// strided layout (the public wrappers call `.contiguous()` before applying an op).
-pub(crate) fn f32_slice<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("{op}: expected an f32 tensor")
-    };
+pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { bail!("{op}: expected an f32 tensor") };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => bail!("{op}: expected a contiguous tensor"),
@@ -55,10 +47,7 @@ pub(crate) fn sum_f64(a: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 pub(crate) fn max_f32(a: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = a.chunks_exact(8);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for chunk in chunks {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {
             *lane = lane.max(v);
@@ -72,9 +61,7 @@ pub(crate) fn max_f32(a: &[f32]) -> f32 {
 pub(crate) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = (ca.remainder().iter().zip(cb.remainder()))
-        .map(|(&x, &y)| x as f64 * y as f64)
-        .sum();
+    let tail: f64 = (ca.remainder().iter().zip(cb.remainder())).map(|(&x, &y)| x as f64 * y as f64).sum();
     for (xa, xb) in ca.zip(cb) {
         for ((lane, &x), &y) in lanes.iter_mut().zip(xa).zip(xb) {
             *lane += x as f64 * y as f64;

@@ -26,21 +26,9 @@ impl EvalReport {
         let hits = preds.iter().zip(labels).filter(|(p, l)| p == l).count();
         let accuracy = hits as f64 / n.max(1) as f64;
         let f1_of = |c: usize| {
-            let tp = preds
-                .iter()
-                .zip(labels)
-                .filter(|(p, l)| **p == c && **l == c)
-                .count() as f64;
-            let fp = preds
-                .iter()
-                .zip(labels)
-                .filter(|(p, l)| **p == c && **l != c)
-                .count() as f64;
-            let fn_ = preds
-                .iter()
-                .zip(labels)
-                .filter(|(p, l)| **p != c && **l == c)
-                .count() as f64;
+            let tp = preds.iter().zip(labels).filter(|(p, l)| **p == c && **l == c).count() as f64;
+            let fp = preds.iter().zip(labels).filter(|(p, l)| **p == c && **l != c).count() as f64;
+            let fn_ = preds.iter().zip(labels).filter(|(p, l)| **p != c && **l == c).count() as f64;
             if tp == 0.0 {
                 0.0
             } else {
@@ -54,14 +42,7 @@ impl EvalReport {
             // Single-label micro F1 equals accuracy.
             (None, Some(macro_f1), Some(accuracy))
         };
-        EvalReport {
-            accuracy,
-            f1,
-            macro_f1,
-            micro_f1,
-            loss: loss_sum / n.max(1) as f64,
-            rows: n,
-        }
+        EvalReport { accuracy, f1, macro_f1, micro_f1, loss: loss_sum / n.max(1) as f64, rows: n }
     }
 
     /// One human-readable line.

@@ -59,12 +59,7 @@ impl Optimizer {
                 v: vec![0.0; var.elem_count()],
             })
             .collect();
-        Optimizer {
-            kind,
-            weight_decay,
-            slots,
-            steps: 0,
-        }
+        Optimizer { kind, weight_decay, slots, steps: 0 }
     }
 
     /// The global L2 norm of the gradients of all parameters.
@@ -72,11 +67,7 @@ impl Optimizer {
         let mut total = 0f64;
         for slot in &self.slots {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                total += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
+                total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             }
         }
         Ok(total.sqrt())
@@ -87,9 +78,7 @@ impl Optimizer {
         self.steps += 1;
         let t = self.steps as i32;
         let (bc1, bc2) = match self.kind {
-            OptimizerKind::AdamW | OptimizerKind::Adam => {
-                (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t))
-            }
+            OptimizerKind::AdamW | OptimizerKind::Adam => (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t)),
             _ => (1.0, 1.0),
         };
         for slot in &mut self.slots {
@@ -100,11 +89,7 @@ impl Optimizer {
             let update = Update {
                 kind: self.kind,
                 lr: sp.lr as f32,
-                wd: if slot.decay {
-                    self.weight_decay as f32
-                } else {
-                    0.0
-                },
+                wd: if slot.decay { self.weight_decay as f32 } else { 0.0 },
                 scale: sp.grad_scale as f32,
                 bc1: bc1 as f32,
                 bc2: bc2 as f32,
@@ -125,14 +110,8 @@ impl Optimizer {
         let mut out = HashMap::new();
         for s in &self.slots {
             let shape = s.var.shape().clone();
-            out.insert(
-                format!("m.{}", s.name),
-                Tensor::from_slice(&s.m, shape.clone(), &candle_core::Device::Cpu)?,
-            );
-            out.insert(
-                format!("v.{}", s.name),
-                Tensor::from_slice(&s.v, shape, &candle_core::Device::Cpu)?,
-            );
+            out.insert(format!("m.{}", s.name), Tensor::from_slice(&s.m, shape.clone(), &candle_core::Device::Cpu)?);
+            out.insert(format!("v.{}", s.name), Tensor::from_slice(&s.v, shape, &candle_core::Device::Cpu)?);
         }
         Ok(out)
     }
@@ -142,16 +121,10 @@ impl Optimizer {
         for s in &mut self.slots {
             for (prefix, buf) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("{prefix}.{}", s.name);
-                let Some(t) = tensors.get(&key) else {
-                    bail!("optimizer state has no `{key}`")
-                };
+                let Some(t) = tensors.get(&key) else { bail!("optimizer state has no `{key}`") };
                 let data = t.flatten_all()?.to_vec1::<f32>()?;
                 if data.len() != buf.len() {
-                    bail!(
-                        "optimizer state `{key}` has {} values, expected {}",
-                        data.len(),
-                        buf.len()
-                    );
+                    bail!("optimizer state `{key}` has {} values, expected {}", data.len(), buf.len());
                 }
                 *buf = data;
             }
@@ -224,11 +197,7 @@ impl Update<'_> {
         let new_p = match self.kind {
             OptimizerKind::Sgd => (&p - ((&g + (&p * wd)?)? * lr)?)?,
             kind => {
-                let g = if kind == OptimizerKind::Adam {
-                    (&g + (&p * wd)?)?
-                } else {
-                    g
-                };
+                let g = if kind == OptimizerKind::Adam { (&g + (&p * wd)?)? } else { g };
                 let m2 = ((&mt * b1)? + (&g * (1.0 - b1))?)?;
                 let v2 = ((&vt * b2)? + (g.sqr()? * (1.0 - b2))?)?;
                 let denom = ((&v2 / self.bc2 as f64)?.sqrt()? + EPS)?;
@@ -258,9 +227,7 @@ impl InplaceOp2 for Update<'_> {
         src: &CpuStorage,
         src_l: &Layout,
     ) -> candle_core::Result<()> {
-        let (Some((p0, p1)), Some((g0, g1))) =
-            (dst_l.contiguous_offsets(), src_l.contiguous_offsets())
-        else {
+        let (Some((p0, p1)), Some((g0, g1))) = (dst_l.contiguous_offsets(), src_l.contiguous_offsets()) else {
             candle_core::bail!("optimizer update needs contiguous tensors")
         };
         match (dst, src) {

@@ -11,11 +11,7 @@ pub struct LinearSchedule {
 impl LinearSchedule {
     /// `warmup = floor(warmup_proportion * total)` as EasyNLP.
     pub fn new(peak: f64, warmup_proportion: f64, total: usize) -> Self {
-        LinearSchedule {
-            peak,
-            warmup: (warmup_proportion * total as f64) as usize,
-            total,
-        }
+        LinearSchedule { peak, warmup: (warmup_proportion * total as f64) as usize, total }
     }
 
     /// The learning rate of the update that follows `step` completed updates (the first is step 0).

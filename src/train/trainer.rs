@@ -67,13 +67,7 @@ pub trait TrainTask {
     /// Validation metrics, or None when the run does not evaluate.
     fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>>;
     /// Persists the model (and optimizer state).
-    fn save(
-        &self,
-        params: &Params,
-        opt: &Optimizer,
-        state: &TrainState,
-        reason: SaveReason,
-    ) -> Result<()>;
+    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()>;
     /// Whether to keep a copy at every evaluation.
     fn save_all(&self) -> bool;
 }
@@ -89,9 +83,7 @@ pub fn train(
 ) -> Result<TrainState> {
     let s = settings;
     let batches_per_epoch = examples.len().div_ceil(s.batch_size);
-    let total = ((batches_per_epoch as f64 / s.grad_accum as f64) * s.epochs)
-        .ceil()
-        .max(1.0) as usize;
+    let total = ((batches_per_epoch as f64 / s.grad_accum as f64) * s.epochs).ceil().max(1.0) as usize;
     let schedule = LinearSchedule::new(s.learning_rate, s.warmup_proportion, total);
     let mut opt = Optimizer::new(params, s.optimizer, s.weight_decay);
     let mut state = TrainState::default();
@@ -127,15 +119,11 @@ pub fn train(
             }
             let rows: Vec<&Example> = idx.iter().map(|&j| &examples[j]).collect();
             let batch = make_batch(&rows, device)?;
-            let ctx =
-                ForwardCtx::train(s.seed ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let ctx = ForwardCtx::train(s.seed ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             let loss = task.loss(params, &batch, &ctx)?;
             let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
-                anyhow::bail!(
-                    "training diverged: loss is {loss_value} at optimizer step {}",
-                    opt.steps + 1
-                );
+                anyhow::bail!("training diverged: loss is {loss_value} at optimizer step {}", opt.steps + 1);
             }
             loss_sum += loss_value;
             loss_n += 1;
@@ -153,26 +141,13 @@ pub fn train(
             let micro_in_step = (micro - 1) % s.grad_accum + 1;
             let avg = 1.0 / micro_in_step as f64;
             let norm = opt.grad_norm(&grads)? * avg;
-            let clip = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm {
-                s.max_grad_norm / (norm + 1e-6)
-            } else {
-                1.0
-            };
+            let clip =
+                if s.max_grad_norm > 0.0 && norm > s.max_grad_norm { s.max_grad_norm / (norm + 1e-6) } else { 1.0 };
             let lr = schedule.lr(opt.steps);
-            opt.step(
-                &grads,
-                StepParams {
-                    lr,
-                    grad_scale: avg * clip,
-                },
-            )?;
+            opt.step(&grads, StepParams { lr, grad_scale: avg * clip })?;
             drop(grads);
             state.global_step = opt.steps;
-            logging::progress(
-                opt.steps,
-                total,
-                &format!("loss {:.4}", loss_sum / loss_n as f64),
-            );
+            logging::progress(opt.steps, total, &format!("loss {:.4}", loss_sum / loss_n as f64));
             if opt.steps.is_multiple_of(s.logging_steps.max(1)) {
                 let secs = window_start.elapsed().as_secs_f64();
                 logging::info(format!(
@@ -202,29 +177,17 @@ pub fn train(
 }
 
 /// Evaluates, saves when the accuracy beats the best so far (always when there is no evaluation).
-fn evaluate_and_keep(
-    task: &dyn TrainTask,
-    params: &Params,
-    opt: &Optimizer,
-    state: &mut TrainState,
-) -> Result<()> {
+fn evaluate_and_keep(task: &dyn TrainTask, params: &Params, opt: &Optimizer, state: &mut TrainState) -> Result<()> {
     match task.evaluate(params)? {
         Some(report) => {
-            logging::info(format!(
-                "Evaluation at global step {}: {}",
-                opt.steps,
-                report.summary()
-            ));
+            logging::info(format!("Evaluation at global step {}: {}", opt.steps, report.summary()));
             if task.save_all() {
                 task.save(params, opt, state, SaveReason::Step(opt.steps))?;
             }
             if state.best_accuracy.is_none_or(|b| report.accuracy > b) {
                 state.best_accuracy = Some(report.accuracy);
                 task.save(params, opt, state, SaveReason::Best)?;
-                logging::info(format!(
-                    "new best accuracy {:.4}: checkpoint saved",
-                    report.accuracy
-                ));
+                logging::info(format!("new best accuracy {:.4}: checkpoint saved", report.accuracy));
             }
         }
         None => task.save(params, opt, state, SaveReason::Best)?,

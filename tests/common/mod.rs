@@ -13,29 +13,19 @@ pub fn shared_dir(test: &str) -> Option<PathBuf> {
     if dir.join("models/minilm-l6/config.json").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "\n!!! SKIPPED {test}: shared data not found at {} (set EASYNLP_SHARED) !!!\n",
-            dir.display()
-        );
+        eprintln!("\n!!! SKIPPED {test}: shared data not found at {} (set EASYNLP_SHARED) !!!\n", dir.display());
         None
     }
 }
 
 /// Runs the `easynlp` binary with `args`.
 pub fn easynlp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_easynlp"))
-        .args(args)
-        .output()
-        .expect("run easynlp")
+    Command::new(env!("CARGO_BIN_EXE_easynlp")).args(args).output().expect("run easynlp")
 }
 
 /// The project's `data/sample` folder.
 pub fn sample(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data/sample")
-        .join(name)
-        .display()
-        .to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample").join(name).display().to_string()
 }
 
 /// stderr of a run as text.
@@ -49,24 +39,13 @@ pub fn tiny_bert(dir: &Path, layers: usize, with_pooler: bool) -> PathBuf {
     use candle_core::{Device, Tensor};
     use std::collections::{BTreeSet, HashMap};
     let mut words = BTreeSet::new();
-    for f in [
-        "sentiment-train.tsv",
-        "sentiment-dev.tsv",
-        "paraphrase-train.tsv",
-        "paraphrase-dev.tsv",
-    ] {
+    for f in ["sentiment-train.tsv", "sentiment-dev.tsv", "paraphrase-train.tsv", "paraphrase-dev.tsv"] {
         let text = std::fs::read_to_string(sample(f)).unwrap().to_lowercase();
-        for w in text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
+        for w in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
             words.insert(w.to_string());
         }
     }
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
     vocab.extend(".,!?'\"-:;()$".chars().map(|c| c.to_string()));
     vocab.extend(words);
     std::fs::create_dir_all(dir).unwrap();
@@ -79,47 +58,26 @@ pub fn tiny_bert(dir: &Path, layers: usize, with_pooler: bool) -> PathBuf {
         "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": 0.02,
         "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
     let dev = Device::Cpu;
     let mut seed = 12345u64;
     let mut rand = |shape: &[usize], std: f32| -> Tensor {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n)
             .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * std * 1.7
             })
             .collect();
         Tensor::from_vec(v, shape, &dev).unwrap()
     };
     let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert(
-        "embeddings.word_embeddings.weight".into(),
-        rand(&[vocab.len(), h], 0.02),
-    );
-    w.insert(
-        "embeddings.position_embeddings.weight".into(),
-        rand(&[max_pos, h], 0.02),
-    );
-    w.insert(
-        "embeddings.token_type_embeddings.weight".into(),
-        rand(&[2, h], 0.02),
-    );
+    w.insert("embeddings.word_embeddings.weight".into(), rand(&[vocab.len(), h], 0.02));
+    w.insert("embeddings.position_embeddings.weight".into(), rand(&[max_pos, h], 0.02));
+    w.insert("embeddings.token_type_embeddings.weight".into(), rand(&[2, h], 0.02));
     let ln = |w: &mut HashMap<String, Tensor>, p: &str| {
-        w.insert(
-            format!("{p}.weight"),
-            Tensor::ones(h, candle_core::DType::F32, &dev).unwrap(),
-        );
-        w.insert(
-            format!("{p}.bias"),
-            Tensor::zeros(h, candle_core::DType::F32, &dev).unwrap(),
-        );
+        w.insert(format!("{p}.weight"), Tensor::ones(h, candle_core::DType::F32, &dev).unwrap());
+        w.insert(format!("{p}.bias"), Tensor::zeros(h, candle_core::DType::F32, &dev).unwrap());
     };
     ln(&mut w, "embeddings.LayerNorm");
     for i in 0..layers {
@@ -150,11 +108,7 @@ pub fn tiny_bert(dir: &Path, layers: usize, with_pooler: bool) -> PathBuf {
 pub fn sentiment_train_args(model: &Path, ckpt: &Path) -> Vec<String> {
     vec![
         "--mode=train".into(),
-        format!(
-            "--tables={},{}",
-            sample("sentiment-train.tsv"),
-            sample("sentiment-dev.tsv")
-        ),
+        format!("--tables={},{}", sample("sentiment-train.tsv"), sample("sentiment-dev.tsv")),
         "--input_schema=sent:str:1,label:str:1".into(),
         "--first_sequence=sent".into(),
         "--label_name=label".into(),
@@ -164,10 +118,7 @@ pub fn sentiment_train_args(model: &Path, ckpt: &Path) -> Vec<String> {
         "--micro_batch_size=16".into(),
         "--sequence_length=32".into(),
         "--learning_rate=1e-3".into(),
-        format!(
-            "--user_defined_parameters=pretrain_model_name_or_path={}",
-            model.display()
-        ),
+        format!("--user_defined_parameters=pretrain_model_name_or_path={}", model.display()),
     ]
 }
 

@@ -1,0 +1,4 @@
+//! Knowledge distillation: vanilla KD (teacher logits from a file or an online teacher).
+
+pub mod kd;
+pub mod logits;

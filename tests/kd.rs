@@ -1,0 +1,166 @@
+//! Vanilla KD through the binary on a tiny random BERT: logits export with its sidecar, the
+//! checked join, and the file route agreeing with the online-teacher route.
+
+mod common;
+
+use common::{easynlp_owned, sample, sentiment_train_args, stderr, tiny_bert};
+use std::path::{Path, PathBuf};
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    model: PathBuf,
+    teacher: PathBuf,
+    logits: PathBuf,
+}
+
+/// Trains a tiny teacher and exports its logits on the sample training table.
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let model = tiny_bert(&root.join("model"), 2, true);
+    let teacher = root.join("teacher");
+    let out = easynlp_owned(&sentiment_train_args(&model, &teacher));
+    assert!(out.status.success(), "teacher: {}", stderr(&out));
+    let logits = root.join("train.logits.tsv");
+    let out = easynlp_owned(&[
+        "--mode=predict".into(),
+        format!("--tables={}", sample("sentiment-train.tsv")),
+        "--input_schema=sent:str:1,label:str:1".into(),
+        "--first_sequence=sent".into(),
+        "--output_schema=logits".into(),
+        format!("--outputs={}", logits.display()),
+        format!("--checkpoint_dir={}", teacher.display()),
+        "--micro_batch_size=16".into(),
+        "--sequence_length=32".into(),
+    ]);
+    assert!(out.status.success(), "export: {}", stderr(&out));
+    Setup { _tmp: tmp, root, model, teacher, logits }
+}
+
+/// Student KD train args; `udp_tail` is appended to the user_defined_parameters.
+fn kd_args(s: &Setup, ckpt: &Path, udp_tail: &str, with_logits_schema: bool) -> Vec<String> {
+    let mut args = sentiment_train_args(&s.model, ckpt);
+    if with_logits_schema {
+        for a in args.iter_mut() {
+            if a.starts_with("--input_schema=") {
+                *a = "--input_schema=sent:str:1,label:str:1,logits:float:2".into();
+            }
+        }
+    }
+    let udp = args.pop().unwrap();
+    args.push(format!("{udp} enable_distillation=True type=vanilla_kd temperature=2 alpha=0.5 {udp_tail}"));
+    args.push("--epoch_num=2".into());
+    args
+}
+
+fn file_route(s: &Setup, ckpt: &Path, logits: &Path) -> Vec<String> {
+    kd_args(s, ckpt, &format!("logits_name=logits logits_saved_path={}", logits.display()), true)
+}
+
+fn expect_kd_error(args: &[String], needles: &[&str]) {
+    let out = easynlp_owned(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "expected failure");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`:\n{err}");
+    }
+}
+
+#[test]
+fn export_writes_one_row_per_input_and_a_sidecar() {
+    let s = setup();
+    let text = std::fs::read_to_string(&s.logits).unwrap();
+    let rows = std::fs::read_to_string(sample("sentiment-train.tsv")).unwrap().lines().count();
+    assert_eq!(text.lines().count(), rows);
+    assert!(text.lines().all(|l| l.split(',').count() == 2 && l.split(',').all(|v| v.parse::<f32>().is_ok())));
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.root.join("train.logits.tsv.meta.json")).unwrap()).unwrap();
+    assert_eq!(side["table"]["rows"], rows);
+    assert_eq!(side["labels"], serde_json::json!(["0", "1"]));
+    assert_eq!(side["table"]["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn file_route_and_online_teacher_route_agree() {
+    let s = setup();
+    let a = s.root.join("student-file");
+    let b = s.root.join("student-online");
+    let out = easynlp_owned(&file_route(&s, &a, &s.logits));
+    assert!(out.status.success(), "file route: {}", stderr(&out));
+    let mut online = kd_args(&s, &b, &format!("teacher_model_path={}", s.teacher.display()), false);
+    online.push("--micro_batch_size=16".into());
+    let out = easynlp_owned(&online);
+    assert!(out.status.success(), "online route: {}", stderr(&out));
+    let state = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap()
+    };
+    assert_eq!(state(&a)["best_accuracy"], state(&b)["best_accuracy"]);
+    let wa = std::fs::read(a.join("model.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("model.safetensors")).unwrap();
+    assert!(wa == wb, "the two routes trained different weights");
+    // KD really changes training: a student without KD ends elsewhere.
+    let c = s.root.join("student-plain");
+    let mut plain = sentiment_train_args(&s.model, &c);
+    plain.push("--epoch_num=2".into());
+    assert!(easynlp_owned(&plain).status.success());
+    assert!(std::fs::read(c.join("model.safetensors")).unwrap() != wa);
+}
+
+#[test]
+fn logits_with_fewer_rows_than_the_table() {
+    let s = setup();
+    let bad = s.root.join("short.tsv");
+    let text = std::fs::read_to_string(&s.logits).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&bad, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    expect_kd_error(&file_route(&s, &s.root.join("x"), &bad), &["short.tsv", "95 logits rows", "96 rows"]);
+}
+
+#[test]
+fn logits_row_with_wrong_number_of_values() {
+    let s = setup();
+    let bad = s.root.join("wide.tsv");
+    let text = std::fs::read_to_string(&s.logits).unwrap().replacen('\n', ",0.5\n", 3);
+    let text = text.replacen(",0.5\n", "\n", 2);
+    std::fs::write(&bad, text).unwrap();
+    expect_kd_error(&file_route(&s, &s.root.join("x"), &bad), &["wide.tsv:3", "expected 2 comma-separated finite numbers"]);
+}
+
+#[test]
+fn logits_with_a_non_finite_value() {
+    let s = setup();
+    let bad = s.root.join("nan.tsv");
+    let mut lines: Vec<String> = std::fs::read_to_string(&s.logits).unwrap().lines().map(String::from).collect();
+    lines[4] = "nan,0.1".into();
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    expect_kd_error(&file_route(&s, &s.root.join("x"), &bad), &["nan.tsv:5", "finite"]);
+}
+
+#[test]
+fn sidecar_of_another_table() {
+    let s = setup();
+    let other = s.root.join("other-train.tsv");
+    let text = std::fs::read_to_string(sample("sentiment-train.tsv")).unwrap().replacen("The", "A", 1);
+    std::fs::write(&other, text).unwrap();
+    let mut args = file_route(&s, &s.root.join("x"), &s.logits);
+    for a in args.iter_mut() {
+        if a.starts_with("--tables=") {
+            *a = format!("--tables={},{}", other.display(), sample("sentiment-dev.tsv"));
+        }
+    }
+    expect_kd_error(&args, &["train.logits.tsv.meta.json", "other-train.tsv", "differs"]);
+}
+
+#[test]
+fn sidecar_with_another_label_order() {
+    let s = setup();
+    let mut args = file_route(&s, &s.root.join("x"), &s.logits);
+    for a in args.iter_mut() {
+        if a.starts_with("--label_enumerate_values=") {
+            *a = "--label_enumerate_values=1,0".into();
+        }
+    }
+    expect_kd_error(&args, &["meta.json", "label order (0,1)", "(1,0)"]);
+}

@@ -125,7 +125,10 @@ fn logits_row_with_wrong_number_of_values() {
     let text = std::fs::read_to_string(&s.logits).unwrap().replacen('\n', ",0.5\n", 3);
     let text = text.replacen(",0.5\n", "\n", 2);
     std::fs::write(&bad, text).unwrap();
-    expect_kd_error(&file_route(&s, &s.root.join("x"), &bad), &["wide.tsv:3", "expected 2 comma-separated finite numbers"]);
+    expect_kd_error(
+        &file_route(&s, &s.root.join("x"), &bad),
+        &["wide.tsv:3", "expected 2 comma-separated finite numbers"],
+    );
 }
 
 #[test]

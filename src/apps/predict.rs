@@ -64,7 +64,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
                 })
                 .collect::<Result<_>>()?;
             let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
-            let (logits, probs) = model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?;
+            let ModelOutputs { logits, probs } = model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?;
             let mut lines_out = Vec::with_capacity(rows.len());
             for (i, row) in rows.iter().enumerate() {
                 let mut cols: Vec<String> = Vec::with_capacity(outputs.len() + append.len());
@@ -116,6 +116,14 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     }
 }
 
+/// Per-row model outputs, in input order.
+pub struct ModelOutputs {
+    /// Raw logits.
+    pub logits: Vec<Vec<f32>>,
+    /// Softmax probabilities.
+    pub probs: Vec<Vec<f32>>,
+}
+
 /// Logits and probabilities for `examples`, in their order, computed in length-bucketed batches
 /// (no dropout, no autograd graph).
 pub fn model_outputs(
@@ -123,7 +131,7 @@ pub fn model_outputs(
     examples: &[Example],
     batch_size: usize,
     device: &Device,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<ModelOutputs> {
     let ctx = ForwardCtx::eval();
     let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
     let mut logits_out = vec![Vec::new(); examples.len()];
@@ -138,7 +146,7 @@ pub fn model_outputs(
             probs_out[i] = p;
         }
     }
-    Ok((logits_out, probs_out))
+    Ok(ModelOutputs { logits: logits_out, probs: probs_out })
 }
 
 /// SHA-256 of a checkpoint's weights file.

@@ -231,7 +231,7 @@ fn attach_teacher_logits(
             // The same slices and batches as a logits export, so both routes see the same numbers.
             for chunk in data.chunks(cfg.args.predict_slice_size.max(1)) {
                 let examples = encode_rows(chunk, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
-                logits.extend(model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?.0);
+                logits.extend(model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?.logits);
             }
             logits
         }

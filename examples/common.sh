@@ -1,0 +1,26 @@
+# Shared set-up for the example scripts (sourced, not run).
+#   EASYNLP      the easynlp binary (default: the release build of this repository, built if missing)
+#   WORK         working folder for tables, checkpoints and predictions (default: ./examples-out/<script>)
+#   ROWS         training rows taken from the data set (default: all)
+#   DEV_ROWS     validation rows taken (default: all)
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED="${EASYNLP_SHARED:-$REPO/../shared}"
+if [[ -z "${EASYNLP:-}" ]]; then
+    if [[ ! -x "$REPO/target/release/easynlp" ]]; then
+        (cd "$REPO" && cargo build --release)
+    fi
+    EASYNLP="$REPO/target/release/easynlp"
+fi
+# The tutorials call `easynlp`: make the name resolve to this binary.
+easynlp() { "$EASYNLP" "$@"; }
+
+# slice_table SRC DST ROWS: copy SRC without its header line, keeping the first ROWS data rows
+# (all when ROWS is empty), as the headerless tables of EasyNLP's tutorials.
+slice_table() {
+    if [[ -n "$3" ]]; then
+        tail -n +2 "$1" | head -n "$3" > "$2"
+    else
+        tail -n +2 "$1" > "$2"
+    fi
+}

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Vanilla KD on SST-2 (text_classify), with the commands of EasyNLP's knowledge-distillation
+# tutorial (examples/knowledge_distillation/readme.md): teacher fine-tune, teacher logits export,
+# student KD, student predict; plus an evaluate of the student.
+#   TEACHER_MODEL / STUDENT_MODEL  model-zoo names or directories (default: the shared minilm-l6 / minilm-l3)
+#   DATA     folder with GLUE SST-2 train.tsv and dev.tsv (with header) (default: ../shared/data/glue-sst2)
+#   ROWS, DEV_ROWS, WORK, EASYNLP: see examples/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+TEACHER_MODEL="${TEACHER_MODEL:-$SHARED/models/minilm-l6}"
+STUDENT_MODEL="${STUDENT_MODEL:-$SHARED/models/minilm-l3}"
+DATA="${DATA:-$SHARED/data/glue-sst2}"
+WORK="${WORK:-$REPO/examples-out/kd_sst2}"
+EPOCHS="${EPOCHS:-1}"
+mkdir -p "$WORK" && cd "$WORK"
+slice_table "$DATA/train.tsv" train.tsv "${ROWS:-}"
+slice_table "$DATA/dev.tsv" dev.tsv "${DEV_ROWS:-}"
+
+export WORKER_COUNT=1
+export WORKER_GPU=1
+export TEACHER_CKPT=results/large-sst2-teacher
+export STUDENT_CKPT=results/small-sst2-student
+export LOGITS_PATH=results/large-sst2-teacher/logits.tsv
+
+echo '=========[ Finetune the teacher model ]========='
+easynlp \
+    --app_name=text_classify \
+    --mode=train \
+    --worker_count=${WORKER_COUNT} \
+    --worker_gpu=${WORKER_GPU} \
+    --tables=train.tsv,dev.tsv \
+    --input_schema=sent:str:1,label:str:1 \
+    --first_sequence=sent \
+    --label_name=label \
+    --label_enumerate_values=0,1 \
+    --checkpoint_dir=${TEACHER_CKPT} \
+    --learning_rate=3e-5 \
+    --epoch_num=${EPOCHS} \
+    --random_seed=42 \
+    --save_checkpoint_steps=100 \
+    --sequence_length=128 \
+    --micro_batch_size=32 \
+    --user_defined_parameters="pretrain_model_name_or_path=${TEACHER_MODEL}"
+
+echo '=========[ Save the teacher logits ]========='
+easynlp \
+    --app_name=text_classify \
+    --mode=predict \
+    --worker_count=${WORKER_COUNT} \
+    --worker_gpu=${WORKER_GPU} \
+    --tables=train.tsv \
+    --outputs=${LOGITS_PATH} \
+    --input_schema=sent:str:1,label:str:1 \
+    --output_schema=logits \
+    --first_sequence=sent \
+    --checkpoint_path=${TEACHER_CKPT} \
+    --micro_batch_size=32 \
+    --sequence_length=128
+
+echo '=========[ Finetune the student model w/ KD ]========='
+easynlp \
+    --app_name=text_classify \
+    --mode=train \
+    --worker_count=${WORKER_COUNT} \
+    --worker_gpu=${WORKER_GPU} \
+    --tables=train.tsv,dev.tsv \
+    --input_schema=sent:str:1,label:str:1,logits:float:2 \
+    --first_sequence=sent \
+    --label_name=label \
+    --label_enumerate_values=0,1 \
+    --checkpoint_dir=${STUDENT_CKPT} \
+    --learning_rate=3e-5 \
+    --epoch_num=${EPOCHS} \
+    --random_seed=42 \
+    --save_checkpoint_steps=200 \
+    --sequence_length=128 \
+    --micro_batch_size=32 \
+    --user_defined_parameters="
+        pretrain_model_name_or_path=${STUDENT_MODEL}
+        enable_distillation=True
+        type=vanilla_kd
+        logits_name=logits
+        logits_saved_path=${LOGITS_PATH}
+        temperature=5
+        alpha=0.2
+    "
+
+echo '=========[ Test the trained student model ]========='
+easynlp \
+    --app_name=text_classify \
+    --mode=predict \
+    --worker_gpu=1 \
+    --worker_count=1 \
+    --tables=dev.tsv \
+    --outputs=student_pred.tsv \
+    --input_schema=sent:str:1,label:str:1 \
+    --output_schema=predictions \
+    --first_sequence=sent \
+    --checkpoint_path=${STUDENT_CKPT} \
+    --micro_batch_size=32 \
+    --sequence_length=128
+
+easynlp --mode=evaluate --app_name=text_classify --worker_gpu=1 --tables=dev.tsv \
+    --input_schema=sent:str:1,label:str:1 --first_sequence=sent --label_name=label \
+    --checkpoint_path=${STUDENT_CKPT} --micro_batch_size=32 --sequence_length=128 \
+    --outputs=student_metrics.json
+echo "student predictions: $WORK/student_pred.tsv, metrics: $WORK/student_metrics.json"

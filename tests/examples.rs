@@ -1,0 +1,43 @@
+//! The tutorial example scripts run end to end on a tiny slice of the shared data.
+
+mod common;
+
+use std::process::Command;
+
+fn run_example(script: &str) {
+    let Some(shared) = common::shared_dir(script) else { return };
+    let work = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("examples").join(script))
+        .env("EASYNLP", env!("CARGO_BIN_EXE_easynlp"))
+        .env("EASYNLP_SHARED", &shared)
+        .env("WORK", work.path())
+        .env("ROWS", "40")
+        .env("DEV_ROWS", "16")
+        .output()
+        .unwrap();
+    let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{log}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.path().join("student_metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["rows"], 16, "{log}");
+    let logits = std::fs::read_to_string(work.path().join("results/large-sst2-teacher").join(match script {
+        "kd_mrpc.sh" => "pred.tsv",
+        _ => "logits.tsv",
+    }))
+    .unwrap();
+    assert_eq!(logits.lines().count(), 40);
+    let preds = std::fs::read_to_string(work.path().join("student_pred.tsv")).unwrap();
+    assert!(preds.lines().count() == 40 || preds.lines().count() == 16);
+}
+
+#[test]
+fn kd_sst2_example_runs() {
+    run_example("kd_sst2.sh");
+}
+
+#[test]
+fn kd_mrpc_example_runs() {
+    run_example("kd_mrpc.sh");
+}

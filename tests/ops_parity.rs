@@ -266,3 +266,48 @@ fn non_f32_inputs_fall_back_to_reference() {
     let y = ops::gelu_erf(&x).unwrap();
     assert_eq!(y.dtype(), DType::F64);
 }
+
+/// Unfused attention from packed `[B, L, 3H]` projections, with the dropout mask materialised
+/// from the same counter-based generator as the fused kernel.
+fn reference_attention(qkv: &Tensor, mask: &Tensor, heads: usize, dropout: Option<(f32, u64)>) -> Result<Tensor> {
+    let (b, l, h3) = qkv.dims3()?;
+    let (h, dh) = (h3 / 3, h3 / 3 / heads);
+    let split = |i: usize| qkv.narrow(2, i * h, h)?.reshape((b, l, heads, dh))?.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+    let scores = q.matmul(&k.t()?)?;
+    let mut probs = reference::attention_softmax(&scores, mask, 1.0 / (dh as f64).sqrt())?;
+    if let Some((p, seed)) = dropout {
+        let n = (b * heads * l * l) as u64;
+        let factors: Vec<f32> = (0..n).map(|i| ops::dropout::mask_factor(seed, i, 1.0 - p)).collect();
+        probs = probs.mul(&Tensor::from_vec(factors, (b, heads, l, l), &Device::Cpu)?)?;
+    }
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))
+}
+
+#[test]
+fn fused_attention_parity() {
+    let mut rng = Rng(21);
+    let mask = padding_mask();
+    for dropout in [None, Some((0.1f32, 77u64))] {
+        let qkv = rng.tensor(&[2, 7, 3 * 48], -1.5, 1.5);
+        check_parity(
+            &format!("fused_attention dropout={dropout:?}"),
+            &|t| ops::fused_attention(&t[0], &mask, 4, dropout),
+            &|t| reference_attention(&t[0], &mask, 4, dropout),
+            &[qkv],
+            &mut rng,
+        );
+    }
+}
+
+#[test]
+fn dropout_parity_and_rate() {
+    let mut rng = Rng(5);
+    let x = rng.tensor(&[3, 50, 40], -1.0, 1.0);
+    let (p, seed) = (0.25f32, 1234u64);
+    let factors: Vec<f32> = (0..6000u64).map(|i| ops::dropout::mask_factor(seed, i, 1.0 - p)).collect();
+    let kept = factors.iter().filter(|f| **f > 0.0).count() as f32 / 6000.0;
+    assert!((kept - 0.75).abs() < 0.03, "keep rate {kept}");
+    let mask = Tensor::from_vec(factors, (3, 50, 40), &Device::Cpu).unwrap();
+    check_parity("dropout", &|t| ops::dropout(&t[0], p, seed), &|t| t[0].mul(&mask), &[x], &mut rng);
+}

@@ -78,7 +78,11 @@ fn check_encoder(name: &str, with_pooler: bool) {
     let att = out.attentions.last().unwrap().transpose(1, 2).unwrap();
     let ref_att = reference["attention_last_layer"].transpose(1, 2).unwrap();
     let d_att = max_masked_diff(&att, &ref_att, &mask);
-    eprintln!("{name}: last_hidden {d_last:.2e}, hidden_0 {d_emb:.2e}, attention {d_att:.2e}");
+    // Without taps the attention core runs as one fused kernel: same numbers.
+    let fused = bert.forward(&ids, &types, &mask, Taps::default(), &ForwardCtx::eval()).unwrap();
+    let d_fused = max_masked_diff(&fused.last_hidden, &reference["last_hidden_state"], &mask);
+    assert!(d_fused < 1e-4, "{name} fused-attention last_hidden_state differs by {d_fused}");
+    eprintln!("{name}: last_hidden {d_last:.2e} (fused {d_fused:.2e}), hidden_0 {d_emb:.2e}, attention {d_att:.2e}");
     assert!(d_last < 1e-4, "{name} last_hidden_state differs by {d_last}");
     assert!(d_emb < 1e-4, "{name} hidden_state_0 differs by {d_emb}");
     assert!(d_att < 1e-4, "{name} attention_last_layer differs by {d_att}");

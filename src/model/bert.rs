@@ -3,7 +3,7 @@
 use super::config::BertConfig;
 use crate::ops;
 use crate::rng::Rng;
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use std::cell::RefCell;
 
 /// Gets a weight tensor by its full name (`bert.encoder.layer.0...`).
@@ -29,16 +29,15 @@ impl ForwardCtx {
 
     /// Inverted dropout with probability `p`; identity outside training.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        if !self.train || p <= 0.0 {
-            return Ok(x.clone());
+        match self.dropout_seed(p) {
+            Some(seed) => ops::dropout(x, p as f32, seed),
+            None => Ok(x.clone()),
         }
-        let keep = 1.0 - p as f32;
-        let scale = 1.0 / keep;
-        let n = x.elem_count();
-        let mut rng = self.rng.borrow_mut();
-        let mask: Vec<f32> = (0..n).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-        x.mul(&mask)
+    }
+
+    /// A fresh mask seed when dropout with probability `p` is active.
+    pub fn dropout_seed(&self, p: f64) -> Option<u64> {
+        (self.train && p > 0.0).then(|| self.rng.borrow_mut().next_u64())
     }
 }
 
@@ -177,7 +176,6 @@ impl Bert {
     ) -> Result<EncoderOutput> {
         let (b, l) = input_ids.dims2()?;
         let h = self.cfg.hidden_size;
-        let device = input_ids.device();
         let words = self.word.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
         let types = self.token_type.index_select(&token_type_ids.flatten_all()?, 0)?.reshape((b, l, h))?;
         let positions = self.position.narrow(0, 0, l)?;
@@ -191,14 +189,12 @@ impl Bert {
             hidden_states.push(x.clone());
         }
         for layer in &self.layers {
-            let (out, probs) = self.layer_forward(layer, &x, &mask_bias, ctx, device)?;
+            let (out, probs) = self.layer_forward(layer, &x, &mask_bias, taps.attentions, ctx)?;
             x = out;
             if taps.hidden_states {
                 hidden_states.push(x.clone());
             }
-            if taps.attentions {
-                attentions.push(probs);
-            }
+            attentions.extend(probs);
         }
         let pooled = match &self.pooler {
             Some(p) => Some(p.forward(&x.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?),
@@ -207,28 +203,34 @@ impl Bert {
         Ok(EncoderOutput { last_hidden: x, hidden_states, attentions, pooled })
     }
 
+    /// One transformer layer; returns its output and, when `keep_probs`, the attention
+    /// probabilities. Without taps on the CPU the attention core is one fused kernel.
     fn layer_forward(
         &self,
         layer: &Layer,
         x: &Tensor,
         mask_bias: &Tensor,
+        keep_probs: bool,
         ctx: &ForwardCtx,
-        _device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, l, h) = x.dims3()?;
         let heads = self.cfg.num_attention_heads;
-        let dh = self.cfg.head_dim();
-        let qkv = x
-            .reshape((b * l, h))?
-            .matmul(&layer.qkv_w.t()?)?
-            .broadcast_add(&layer.qkv_b)?
-            .reshape((b, l, 3, heads, dh))?;
-        let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous() };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let scores = q.matmul(&k.t()?)?;
-        let probs = ops::attention_softmax(&scores, mask_bias, 1.0 / (dh as f64).sqrt())?;
-        let dropped = ctx.dropout(&probs, self.cfg.attention_probs_dropout_prob)?;
-        let context = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
+        let qkv =
+            x.reshape((b * l, h))?.matmul(&layer.qkv_w.t()?)?.broadcast_add(&layer.qkv_b)?.reshape((b, l, 3 * h))?;
+        let p_attn = self.cfg.attention_probs_dropout_prob;
+        let (context, probs) = if !keep_probs && ops::attention::supported(&qkv) {
+            let dropout = ctx.dropout_seed(p_attn).map(|seed| (p_attn as f32, seed));
+            (ops::fused_attention(&qkv, mask_bias, heads, dropout)?, None)
+        } else {
+            let dh = self.cfg.head_dim();
+            let qkv = qkv.reshape((b, l, 3, heads, dh))?;
+            let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous() };
+            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+            let scores = q.matmul(&k.t()?)?;
+            let probs = ops::attention_softmax(&scores, mask_bias, 1.0 / (dh as f64).sqrt())?;
+            let dropped = ctx.dropout(&probs, p_attn)?;
+            (dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?, Some(probs))
+        };
         let attn = ctx.dropout(&layer.attn_out.forward(&context)?, self.cfg.hidden_dropout_prob)?;
         let attn = layer.attn_norm.forward(&attn.add(x)?)?;
         let inter = ops::bias_gelu_erf(&layer.inter.matmul(&attn)?, &layer.inter.b)?;

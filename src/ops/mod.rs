@@ -5,6 +5,8 @@
 //! back to the equivalent [`reference`] implementation built from candle primitives, so other
 //! devices (CUDA) keep working. Kernels parallelise over rows with rayon.
 
+pub mod attention;
+pub mod dropout;
 mod gelu;
 mod layer_norm;
 mod math;
@@ -12,6 +14,8 @@ pub mod reference;
 mod softmax;
 mod util;
 
+pub use attention::fused_attention;
+pub use dropout::dropout;
 pub use gelu::{bias_gelu_erf, gelu_erf};
 pub use layer_norm::layer_norm;
 pub use softmax::attention_softmax;

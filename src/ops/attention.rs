@@ -1,0 +1,251 @@
+//! Fused multi-head self-attention core: from the packed `[B, L, 3H]` query/key/value
+//! projections to the `[B, L, H]` context, `softmax(Q K^T * scale + mask) (dropout) V`, one
+//! (batch, head) pair per task. Each pair runs its small matrix products single-threaded, so the
+//! 2 x B x heads products of a layer spread over the cores instead of synchronising threads
+//! inside every tiny product; no `[B, heads, L, L]` tensor, transposed copy or dropout mask is
+//! stored. The backward pass recomputes the probabilities (and regenerates the dropout mask from
+//! its seed) and writes the gradients of Q, K and V straight into a `[B, L, 3H]` tensor.
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::dropout::mask_factor;
+use super::{math, util};
+
+/// Attention context `[B, L, H]` from packed projections `qkv` `[B, L, 3H]` (query, key, value
+/// blocks of H columns, each split into `heads` heads) and an additive `mask_bias` `[B, L]`
+/// (0 for real tokens, a large negative value for padding; no gradient). With `dropout` =
+/// `Some((p, seed))` the attention probabilities are dropped with probability `p`. CPU f32 only:
+/// callers use the unfused path elsewhere (see [`supported`]).
+pub fn fused_attention(qkv: &Tensor, mask_bias: &Tensor, heads: usize, dropout: Option<(f32, u64)>) -> Result<Tensor> {
+    let (b, l, h3) = qkv.dims3()?;
+    if h3 % (3 * heads) != 0 {
+        bail!("fused_attention: {h3} columns do not split into 3 x {heads} heads");
+    }
+    if mask_bias.dims() != [b, l] {
+        bail!("fused_attention: mask_bias must be [{b}, {l}], got {:?}", mask_bias.dims());
+    }
+    let op = Attention { heads, dropout: dropout.filter(|(p, _)| *p > 0.0) };
+    qkv.contiguous()?.apply_op2(&mask_bias.detach().contiguous()?, op)
+}
+
+/// Whether [`fused_attention`] can run on these tensors (f32 on the CPU).
+pub fn supported(qkv: &Tensor) -> bool {
+    util::use_fused(&[qkv])
+}
+
+#[derive(Clone, Copy)]
+struct Attention {
+    heads: usize,
+    dropout: Option<(f32, u64)>,
+}
+
+/// A raw pointer that rayon tasks may share; every task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedPtr(*mut f32);
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// The pointer advanced by `offset` elements.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// `dst (m x n) = beta * lhs (m x k) * rhs (k x n)`, strides given as (row, column).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_s: (usize, usize),
+    rhs: *const f32,
+    rhs_s: (usize, usize),
+    beta: f32,
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_s.1 as isize,
+        lhs_s.0 as isize,
+        rhs,
+        rhs_s.1 as isize,
+        rhs_s.0 as isize,
+        0.0,
+        beta,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// Shapes and the per-pair geometry shared by forward and backward.
+struct Geometry {
+    b: usize,
+    l: usize,
+    h: usize,
+    dh: usize,
+    scale: f32,
+}
+
+impl Attention {
+    fn geometry(&self, layout: &Layout) -> Result<Geometry> {
+        let (b, l, h3) = layout.shape().dims3()?;
+        let h = h3 / 3;
+        let dh = h / self.heads;
+        Ok(Geometry { b, l, h, dh, scale: 1.0 / (dh as f32).sqrt() })
+    }
+
+    /// Probabilities `p` (`L x L`, row-major) of pair (batch `bi`, head `hi`); returns them
+    /// after dropout in `pd` when dropout is on.
+    fn probs(&self, g: &Geometry, qkv: &[f32], mask: &[f32], bi: usize, hi: usize, p: &mut [f32], pd: &mut [f32]) {
+        let (l, h3) = (g.l, 3 * g.h);
+        let base = bi * l * h3;
+        let q = qkv[base + hi * g.dh..].as_ptr();
+        let k = qkv[base + g.h + hi * g.dh..].as_ptr();
+        // S = Q K^T * scale: K^T element (kk, j) is K[j, kk].
+        unsafe { matmul(l, l, g.dh, p.as_mut_ptr(), l, q, (h3, 1), k, (1, h3), g.scale) };
+        let mask = &mask[bi * l..(bi + 1) * l];
+        for row in p.chunks_exact_mut(l) {
+            for (s, m) in row.iter_mut().zip(mask) {
+                *s += m;
+            }
+            let max = util::max_f32(row);
+            let mut sum = 0f32;
+            for s in row.iter_mut() {
+                *s = math::exp(*s - max);
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+        if let Some((prob, seed)) = self.dropout {
+            let keep = 1.0 - prob;
+            let offset = ((bi * self.heads + hi) * l * l) as u64;
+            for (i, (d, &s)) in pd.iter_mut().zip(p.iter()).enumerate() {
+                *d = s * mask_factor(seed, offset + i as u64, keep);
+            }
+        }
+    }
+}
+
+impl CustomOp2 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = util::f32_slice(s1, l1, self.name())?;
+        let mask = util::f32_slice(s2, l2, self.name())?;
+        let g = self.geometry(l1)?;
+        let (l, h3) = (g.l, 3 * g.h);
+        let mut out = vec![0f32; g.b * l * g.h];
+        let out_ptr = SharedPtr(out.as_mut_ptr());
+        (0..g.b * self.heads).into_par_iter().for_each_init(
+            || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }]),
+            |(p, pd), pair| {
+                let (bi, hi) = (pair / self.heads, pair % self.heads);
+                self.probs(&g, qkv, mask, bi, hi, p, pd);
+                let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
+                let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
+                let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
+                // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
+                unsafe { matmul(l, g.dh, l, dst, g.h, probs.as_ptr(), (l, 1), v, (h3, 1), 1.0) };
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.b, l, g.h))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        mask: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dqkv = qkv.apply_op3_no_bwd(mask, &grad.contiguous()?, &AttentionGrad(*self))?;
+        Ok((Some(dqkv), None))
+    }
+}
+
+/// The backward pass: inputs qkv, mask, d(context); output d(qkv).
+struct AttentionGrad(Attention);
+
+impl candle_core::CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = &self.0;
+        let qkv = util::f32_slice(s1, l1, self.name())?;
+        let mask = util::f32_slice(s2, l2, self.name())?;
+        let dctx = util::f32_slice(s3, l3, self.name())?;
+        let g = op.geometry(l1)?;
+        let (l, h3, dh) = (g.l, 3 * g.h, g.dh);
+        let mut dqkv = vec![0f32; qkv.len()];
+        let d_ptr = SharedPtr(dqkv.as_mut_ptr());
+        (0..g.b * op.heads).into_par_iter().for_each_init(
+            || (vec![0f32; l * l], vec![0f32; if op.dropout.is_some() { l * l } else { 0 }], vec![0f32; l * l]),
+            |(p, pd, dp), pair| {
+                let (bi, hi) = (pair / op.heads, pair % op.heads);
+                op.probs(&g, qkv, mask, bi, hi, p, pd);
+                let base = bi * l * h3;
+                let q = qkv[base + hi * dh..].as_ptr();
+                let k = qkv[base + g.h + hi * dh..].as_ptr();
+                let v = qkv[base + 2 * g.h + hi * dh..].as_ptr();
+                let dc = dctx[bi * l * g.h + hi * dh..].as_ptr();
+                let dq = unsafe { d_ptr.at(base + hi * dh) };
+                let dk = unsafe { d_ptr.at(base + g.h + hi * dh) };
+                let dv = unsafe { d_ptr.at(base + 2 * g.h + hi * dh) };
+                let probs = if op.dropout.is_some() { &pd[..] } else { &p[..] };
+                unsafe {
+                    // dV = P_d^T dC: P_d^T element (j, i) is P_d[i, j].
+                    matmul(l, dh, l, dv, h3, probs.as_ptr(), (1, l), dc, (g.h, 1), 1.0);
+                    // dP_d = dC V^T.
+                    matmul(l, l, dh, dp.as_mut_ptr(), l, dc, (g.h, 1), v, (1, h3), 1.0);
+                }
+                if let Some((prob, seed)) = op.dropout {
+                    let keep = 1.0 - prob;
+                    let offset = ((bi * op.heads + hi) * l * l) as u64;
+                    for (i, d) in dp.iter_mut().enumerate() {
+                        *d *= mask_factor(seed, offset + i as u64, keep);
+                    }
+                }
+                // dS = P * (dP - rowsum(dP * P)), kept in dp.
+                for (drow, prow) in dp.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
+                    let dot = util::dot_f64(drow, prow) as f32;
+                    for (d, &pv) in drow.iter_mut().zip(prow) {
+                        *d = pv * (*d - dot);
+                    }
+                }
+                unsafe {
+                    // dQ = dS K * scale; dK = dS^T Q * scale.
+                    matmul(l, dh, l, dq, h3, dp.as_ptr(), (l, 1), k, (h3, 1), g.scale);
+                    matmul(l, dh, l, dk, h3, dp.as_ptr(), (1, l), q, (h3, 1), g.scale);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}

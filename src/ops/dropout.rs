@@ -1,0 +1,91 @@
+//! Dropout with a counter-based random mask: element `i` is kept when `hash(seed, i)` falls
+//! below the keep probability, so the mask needs no storage, is generated in parallel, does not
+//! depend on the thread count, and the backward pass regenerates it from the seed.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::util;
+
+/// A uniform float in `[0, 1)` for element `index` of the mask drawn with `seed` (SplitMix64).
+#[inline(always)]
+pub fn mask_uniform(seed: u64, index: u64) -> f32 {
+    let mut z = seed.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// The dropout factor of element `index`: `1 / keep` when kept, 0 when dropped.
+#[inline(always)]
+pub fn mask_factor(seed: u64, index: u64, keep: f32) -> f32 {
+    if mask_uniform(seed, index) < keep {
+        1.0 / keep
+    } else {
+        0.0
+    }
+}
+
+/// Inverted dropout of `x` with drop probability `p` and mask seed `seed`.
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    if !util::use_fused(&[x]) {
+        // Same mask, materialised, for other devices.
+        let n = x.elem_count() as u64;
+        let mask: Vec<f32> = (0..n).map(|i| mask_factor(seed, i, keep)).collect();
+        return x.mul(&Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?.to_device(x.device())?);
+    }
+    x.contiguous()?.apply_op1(Dropout { keep, seed })
+}
+
+struct Dropout {
+    keep: f32,
+    seed: u64,
+}
+
+fn apply_mask(src: &[f32], keep: f32, seed: u64) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(util::ELEM_BLOCK).zip(src.par_chunks(util::ELEM_BLOCK)).enumerate().for_each(|(c, (o, s))| {
+        let base = (c * util::ELEM_BLOCK) as u64;
+        for (k, (o, &v)) in o.iter_mut().zip(s).enumerate() {
+            *o = v * mask_factor(seed, base + k as u64, keep);
+        }
+    });
+    out
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "fused-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = util::f32_slice(storage, layout, self.name())?;
+        Ok((CpuStorage::F32(apply_mask(x, self.keep, self.seed)), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&DropoutGrad { keep: self.keep, seed: self.seed })?))
+    }
+}
+
+/// The backward pass: the incoming gradient times the same mask.
+struct DropoutGrad {
+    keep: f32,
+    seed: u64,
+}
+
+impl CustomOp1 for DropoutGrad {
+    fn name(&self) -> &'static str {
+        "fused-dropout-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = util::f32_slice(storage, layout, self.name())?;
+        Ok((CpuStorage::F32(apply_mask(g, self.keep, self.seed)), layout.shape().clone()))
+    }
+}

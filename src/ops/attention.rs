@@ -110,7 +110,7 @@ impl Attention {
 
     /// Probabilities `p` (`L x L`, row-major) of pair (batch `bi`, head `hi`); returns them
     /// after dropout in `pd` when dropout is on.
-    fn probs(&self, g: &Geometry, qkv: &[f32], mask: &[f32], bi: usize, hi: usize, p: &mut [f32], pd: &mut [f32]) {
+    fn probs(&self, g: &Geometry, qkv: &[f32], mask: &[f32], (bi, hi): (usize, usize), p: &mut [f32], pd: &mut [f32]) {
         let (l, h3) = (g.l, 3 * g.h);
         let base = bi * l * h3;
         let q = qkv[base + hi * g.dh..].as_ptr();
@@ -157,7 +157,7 @@ impl CustomOp2 for Attention {
             || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }]),
             |(p, pd), pair| {
                 let (bi, hi) = (pair / self.heads, pair % self.heads);
-                self.probs(&g, qkv, mask, bi, hi, p, pd);
+                self.probs(&g, qkv, mask, (bi, hi), p, pd);
                 let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
                 let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
                 let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
@@ -209,7 +209,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
             || (vec![0f32; l * l], vec![0f32; if op.dropout.is_some() { l * l } else { 0 }], vec![0f32; l * l]),
             |(p, pd, dp), pair| {
                 let (bi, hi) = (pair / op.heads, pair % op.heads);
-                op.probs(&g, qkv, mask, bi, hi, p, pd);
+                op.probs(&g, qkv, mask, (bi, hi), p, pd);
                 let base = bi * l * h3;
                 let q = qkv[base + hi * dh..].as_ptr();
                 let k = qkv[base + g.h + hi * dh..].as_ptr();

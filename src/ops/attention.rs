@@ -123,12 +123,8 @@ impl Attention {
                 *s += m;
             }
             let max = util::max_f32(row);
-            let mut sum = 0f32;
-            for s in row.iter_mut() {
-                *s = math::exp(*s - max);
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|s| *s = math::exp(*s - max));
+            let inv = (1.0 / util::sum_f64(row, |x| x as f64)) as f32;
             row.iter_mut().for_each(|s| *s *= inv);
         }
         if let Some((prob, seed)) = self.dropout {

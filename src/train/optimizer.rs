@@ -67,7 +67,7 @@ impl Optimizer {
         let mut total = 0f64;
         for slot in &self.slots {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                total += squared_norm(g)?;
             }
         }
         Ok(total.sqrt())
@@ -134,6 +134,18 @@ impl Optimizer {
     }
 }
 
+/// Sum of squares of a tensor: a parallel pass over CPU f32 data, tensor ops elsewhere.
+fn squared_norm(t: &Tensor) -> Result<f64> {
+    use rayon::prelude::*;
+    let (storage, layout) = t.storage_and_layout();
+    if let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage {
+        if let Some((a, b)) = layout.contiguous_offsets() {
+            return Ok(data[a..b].par_chunks(1 << 15).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum());
+        }
+    }
+    Ok(t.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
 struct Update<'a> {
     kind: OptimizerKind,
     lr: f32,
@@ -146,10 +158,35 @@ struct Update<'a> {
 }
 
 impl Update<'_> {
-    /// The update rule on host slices.
+    /// The update rule on host slices, in parallel chunks.
     fn apply(&self, p: &mut [f32], g: &[f32]) {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 15;
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
+        let rule = Rule { kind: self.kind, lr: self.lr, wd: self.wd, scale: self.scale, bc1: self.bc1, bc2: self.bc2 };
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| rule.apply_chunk(p, g, m, v));
+    }
+}
+
+/// The scalar hyper-parameters of one update.
+#[derive(Clone, Copy)]
+struct Rule {
+    kind: OptimizerKind,
+    lr: f32,
+    wd: f32,
+    scale: f32,
+    bc1: f32,
+    bc2: f32,
+}
+
+impl Rule {
+    /// The update rule on one chunk of a parameter, its gradient and moments.
+    fn apply_chunk(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, EPS as f32);
         let (lr, wd, s) = (self.lr, self.wd, self.scale);
         match self.kind {
@@ -182,6 +219,9 @@ impl Update<'_> {
         }
     }
 
+}
+
+impl Update<'_> {
     /// The same rule with tensor ops, for non-CPU devices.
     fn on_device(&self, var: &Var, grad: &Tensor) -> Result<()> {
         let dev = var.device();

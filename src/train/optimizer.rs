@@ -140,7 +140,10 @@ fn squared_norm(t: &Tensor) -> Result<f64> {
     let (storage, layout) = t.storage_and_layout();
     if let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage {
         if let Some((a, b)) = layout.contiguous_offsets() {
-            return Ok(data[a..b].par_chunks(1 << 15).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum());
+            return Ok(data[a..b]
+                .par_chunks(1 << 15)
+                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                .sum());
         }
     }
     Ok(t.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
@@ -218,7 +221,6 @@ impl Rule {
             }
         }
     }
-
 }
 
 impl Update<'_> {

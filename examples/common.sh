@@ -19,8 +19,8 @@ easynlp() { "$EASYNLP" "$@"; }
 # (all when ROWS is empty), as the headerless tables of EasyNLP's tutorials.
 slice_table() {
     if [[ -n "$3" ]]; then
-        tail -n +2 "$1" | head -n "$3" > "$2"
+        sed -n "2,$(($3 + 1))p" "$1" > "$2"
     else
-        tail -n +2 "$1" > "$2"
+        sed -n '2,$p' "$1" > "$2"
     fi
 }

@@ -311,3 +311,18 @@ fn dropout_parity_and_rate() {
     let mask = Tensor::from_vec(factors, (3, 50, 40), &Device::Cpu).unwrap();
     check_parity("dropout", &|t| ops::dropout(&t[0], p, seed), &|t| t[0].mul(&mask), &[x], &mut rng);
 }
+
+#[test]
+fn fused_linear_parity() {
+    let mut rng = Rng(33);
+    let x = rng.tensor(&[3, 37, 48], -1.0, 1.0);
+    let w = rng.tensor(&[40, 48], -0.3, 0.3);
+    let b = rng.tensor(&[40], -0.5, 0.5);
+    check_parity(
+        "linear",
+        &|t| ops::linear(&t[0], &t[1], &t[2]),
+        &|t| ops::linear::reference(&t[0], &t[1], &t[2]),
+        &[x, w, b],
+        &mut rng,
+    );
+}

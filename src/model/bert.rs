@@ -77,18 +77,7 @@ impl Linear {
 
     /// Applies the layer to `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.matmul(x)?.broadcast_add(&self.b)
-    }
-
-    /// `x W^T` without the bias (for fusing the bias into the next op).
-    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inner = dims[dims.len() - 1];
-        let rows = x.elem_count() / inner;
-        let out = x.reshape((rows, inner))?.matmul(&self.w.t()?)?;
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("rank >= 1") = self.w.dim(0)?;
-        out.reshape(out_dims)
+        ops::linear(x, &self.w, &self.b)
     }
 }
 
@@ -233,7 +222,7 @@ impl Bert {
         };
         let attn = ctx.dropout(&layer.attn_out.forward(&context)?, self.cfg.hidden_dropout_prob)?;
         let attn = layer.attn_norm.forward(&attn.add(x)?)?;
-        let inter = ops::bias_gelu_erf(&layer.inter.matmul(&attn)?, &layer.inter.b)?;
+        let inter = ops::gelu_erf(&layer.inter.forward(&attn)?)?;
         let out = ctx.dropout(&layer.out.forward(&inter)?, self.cfg.hidden_dropout_prob)?;
         let out = layer.out_norm.forward(&out.add(&attn)?)?;
         Ok((out, probs))

@@ -1,0 +1,166 @@
+//! Fused dense layer `y = x W^T + b` over the last dimension, as one autograd node: the forward
+//! is one multi-threaded GEMM into a buffer pre-filled with the bias; the backward computes
+//! `dx = dy W`, `dW = dy^T x` and `db = colsum(dy)` in one op. Compared with candle's
+//! reshape + matmul + transpose + broadcast-add chain this saves several full-size gradient
+//! buffers per layer (each candle node zero-fills and adds into a fresh gradient).
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+
+use super::util;
+
+/// `x W^T + b` for `x` `[..., in]`, `w` `[out, in]`, `b` `[out]`. f32 CPU tensors use the fused
+/// op; others use candle's matmul.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    if x.dim(candle_core::D::Minus1)? != inp || b.dims() != [out] {
+        bail!("linear: x {:?}, w {:?}, b {:?} do not fit", x.dims(), w.dims(), b.dims());
+    }
+    if !util::use_fused(&[x, w, b]) {
+        return reference(x, w, b);
+    }
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
+}
+
+/// The unfused version built from candle ops.
+pub fn reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inp = dims[dims.len() - 1];
+    let rows = x.elem_count() / inp;
+    let y = x.reshape((rows, inp))?.matmul(&w.t()?)?.broadcast_add(b)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank >= 1") = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+fn threads() -> Parallelism {
+    Parallelism::Rayon(rayon::current_num_threads())
+}
+
+/// `dst (m x n) = read? dst + lhs (m x k) * rhs (k x n)`, strides as (row, column).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_s: (usize, usize),
+    rhs: *const f32,
+    rhs_s: (usize, usize),
+) {
+    gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_s.1 as isize,
+        lhs_s.0 as isize,
+        rhs,
+        rhs_s.1 as isize,
+        rhs_s.0 as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        threads(),
+    )
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = util::f32_slice(s1, l1, self.name())?;
+        let w = util::f32_slice(s2, l2, self.name())?;
+        let b = util::f32_slice(s3, l3, self.name())?;
+        let (out, inp) = l2.shape().dims2()?;
+        let rows = x.len() / inp;
+        let mut y = Vec::with_capacity(rows * out);
+        for _ in 0..rows {
+            y.extend_from_slice(b);
+        }
+        // y += x W^T: W^T element (k, j) is W[j, k].
+        unsafe { matmul(rows, out, inp, y.as_mut_ptr(), out, true, x.as_ptr(), (inp, 1), w.as_ptr(), (1, inp)) };
+        let mut dims = l1.shape().dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad)?;
+        let grads = util::split_packed(&packed, &[x.shape(), w.shape(), b.shape()])?;
+        let [dx, dw, db] = <[Tensor; 3]>::try_from(grads).expect("three gradients");
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Backward: inputs x, W, dy; output `[dx, dW, db]` packed in one flat buffer.
+struct LinearGrad;
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = util::f32_slice(s1, l1, self.name())?;
+        let w = util::f32_slice(s2, l2, self.name())?;
+        let dy = util::f32_slice(s3, l3, self.name())?;
+        let (out, inp) = l2.shape().dims2()?;
+        let rows = x.len() / inp;
+        let mut packed = vec![0f32; rows * inp + out * inp + out];
+        let (dx, rest) = packed.split_at_mut(rows * inp);
+        let (dw, db) = rest.split_at_mut(out * inp);
+        unsafe {
+            // dx = dy W.
+            matmul(rows, inp, out, dx.as_mut_ptr(), inp, false, dy.as_ptr(), (out, 1), w.as_ptr(), (inp, 1));
+            // dW = dy^T x: dy^T element (j, n) is dy[n, j].
+            matmul(out, inp, rows, dw.as_mut_ptr(), inp, false, dy.as_ptr(), (1, out), x.as_ptr(), (inp, 1));
+        }
+        // db = column sums of dy, in fixed row blocks so the result does not depend on threads.
+        let mut scratch = dy.to_vec();
+        let sums = util::par_rows_with_acc(&mut scratch, out, out, |_, row, acc| {
+            for (a, &v) in acc.iter_mut().zip(row.iter()) {
+                *a += v;
+            }
+        });
+        db.copy_from_slice(&sums);
+        let n = packed.len();
+        Ok((CpuStorage::F32(packed), Shape::from(n)))
+    }
+}

@@ -1,4 +1,5 @@
-//! easynlp-rs: Alibaba EasyNLP's text-classification and knowledge-distillation workflow in Rust.
+//! easynlp-rs: Alibaba EasyNLP's text-classification and knowledge-distillation workflow in Rust
+//! (vanilla KD, and the Meta-KD data preparation in [`metakd`]).
 //!
 //! The binary `easynlp` is a thin wrapper over [`run`]; every concept lives in its own module.
 
@@ -9,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod distill;
 pub mod logging;
+pub mod metakd;
 pub mod model;
 pub mod ops;
 pub mod rng;

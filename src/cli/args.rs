@@ -11,6 +11,39 @@ pub enum Mode {
     Evaluate,
     /// Write model outputs for every row of the last table of `--tables` to `--outputs`.
     Predict,
+    /// Meta-KD step 1: split the per-domain reviews in the folder `--tables` into
+    /// `--outputs`/{train,dev,test}.tsv (columns review, domain, sentiment), stratified and seeded.
+    #[value(name = "metakd_split")]
+    MetakdSplit,
+    /// Meta-KD step 2: mean-pooled embeddings of the pretrained encoder for each review of `--tables`.
+    #[value(name = "metakd_embeddings")]
+    MetakdEmbeddings,
+    /// Meta-KD step 3: per-instance prototype weights from an embeddings table.
+    #[value(name = "metakd_weights")]
+    MetakdWeights,
+    /// Meta-KD step 4: a dev/test split in the Meta-KD table layout, with weight 0.
+    #[value(name = "metakd_dev")]
+    MetakdDev,
+}
+
+impl Mode {
+    /// Whether this is one of the Meta-KD data-preparation steps.
+    pub fn is_metakd_prep(self) -> bool {
+        matches!(self, Mode::MetakdSplit | Mode::MetakdEmbeddings | Mode::MetakdWeights | Mode::MetakdDev)
+    }
+
+    /// The name as given to `--mode`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Train => "train",
+            Mode::Evaluate => "evaluate",
+            Mode::Predict => "predict",
+            Mode::MetakdSplit => "metakd_split",
+            Mode::MetakdEmbeddings => "metakd_embeddings",
+            Mode::MetakdWeights => "metakd_weights",
+            Mode::MetakdDev => "metakd_dev",
+        }
+    }
 }
 
 /// Optimizers accepted by `--optimizer_type`.
@@ -36,7 +69,8 @@ pub enum OptimizerKind {
 #[derive(Parser, Debug, Clone, serde::Serialize)]
 #[command(name = "easynlp", version, about, long_about = None, max_term_width = 110, args_override_self = true)]
 pub struct Args {
-    /// Pipeline to run: train, evaluate or predict.
+    /// Pipeline to run: train, evaluate or predict; or a Meta-KD data-preparation step:
+    /// metakd_split, metakd_embeddings, metakd_weights, metakd_dev.
     #[arg(long, value_enum, default_value = "train")]
     pub mode: Mode,
 
@@ -45,11 +79,13 @@ pub struct Args {
     pub app_name: String,
 
     /// Comma-separated tables. Train: the first is the training table, the last the validation table
-    /// (one table: both). Evaluate/predict: the last one is read.
+    /// (one table: both). Evaluate/predict: the last one is read. Meta-KD steps: one input (metakd_split:
+    /// a folder of per-domain review folders).
     #[arg(long)]
     pub tables: Option<String>,
 
-    /// Predict: the output file (written atomically). Evaluate: where the metrics JSON goes.
+    /// Predict: the output file (written atomically). Evaluate: where the metrics JSON goes. Meta-KD
+    /// steps: the output table (metakd_split: the output folder).
     #[arg(long)]
     pub outputs: Option<String>,
 

@@ -5,7 +5,7 @@ use super::udp::UserParams;
 use crate::data::schema::{Column, ColumnType, Schema};
 use crate::distill::kd::{KdSettings, TeacherSource};
 use anyhow::{bail, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The applications this program runs.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -51,8 +51,11 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// Validates the flags for the chosen mode.
+    /// Validates the flags for the chosen mode (train, evaluate or predict).
     pub fn from_args(args: Args) -> Result<Self> {
+        if args.mode.is_metakd_prep() {
+            bail!("--mode={} is a Meta-KD data-preparation step, not a text-app mode", args.mode.name());
+        }
         let app = match args.app_name.as_str() {
             "text_classify" => App::TextClassify,
             "text_match" => App::TextMatch,
@@ -163,4 +166,116 @@ fn split_logits_column(schema: &mut Schema, kd: Option<&KdSettings>) -> Result<O
         bail!("--input_schema: besides the logits column `{name}` the tables need their own columns");
     }
     Ok(schema.columns.pop())
+}
+
+/// A validated invocation: a text-app run, or a Meta-KD data-preparation step.
+#[derive(Clone, Debug)]
+pub enum Invocation {
+    /// train, evaluate or predict.
+    Text(Box<RunConfig>),
+    /// metakd_split, metakd_embeddings, metakd_weights or metakd_dev.
+    MetakdPrep(Box<PrepConfig>),
+}
+
+impl Invocation {
+    /// Validates the flags for the chosen mode.
+    pub fn from_args(args: Args) -> Result<Self> {
+        if args.mode.is_metakd_prep() {
+            Ok(Invocation::MetakdPrep(Box::new(PrepConfig::from_args(args)?)))
+        } else {
+            Ok(Invocation::Text(Box::new(RunConfig::from_args(args)?)))
+        }
+    }
+}
+
+/// Everything a Meta-KD data-preparation step needs, checked up front.
+#[derive(Clone, Debug)]
+pub struct PrepConfig {
+    /// The flags as given.
+    pub args: Args,
+    /// `--tables`: the input folder (metakd_split) or table.
+    pub input: PathBuf,
+    /// `--outputs`: the output folder (metakd_split) or table.
+    pub output: PathBuf,
+    /// `domain_label`, in domain-id order (default `books,dvd,electronics,kitchen`).
+    pub domains: Vec<String>,
+    /// `--user_defined_parameters`.
+    pub udp: UserParams,
+    /// The run's seed (used by metakd_split).
+    pub seed: u64,
+}
+
+impl PrepConfig {
+    /// Validates the flags of a Meta-KD preparation step.
+    pub fn from_args(args: Args) -> Result<Self> {
+        let mode = args.mode.name();
+        let udp = UserParams::parse(args.user_defined_parameters.as_deref())?;
+        let allowed: &[&str] = match args.mode {
+            Mode::MetakdEmbeddings => &["domain_label", "pretrain_model_name_or_path"],
+            _ => &["domain_label"],
+        };
+        let known = super::udp::KNOWN_KEYS.iter().map(|(k, _)| *k);
+        if let Some(key) = known.filter(|k| udp.get(k).is_some()).find(|k| !allowed.contains(k)) {
+            bail!(
+                "--user_defined_parameters: `{key}` has no meaning in --mode={mode} (it takes: {})",
+                allowed.join(", ")
+            );
+        }
+        let domains = crate::metakd::parse_domain_label(udp.get("domain_label"))?;
+        let Some(tables) = args.tables.as_deref().filter(|t| !t.is_empty()) else {
+            bail!("--tables is required in --mode={mode}");
+        };
+        if tables.contains(',') {
+            bail!("--tables={tables}: --mode={mode} reads one input, not a list");
+        }
+        let input = PathBuf::from(tables);
+        let Some(outputs) = args.outputs.as_deref().filter(|t| !t.is_empty()) else {
+            bail!("--outputs is required in --mode={mode}");
+        };
+        let output = PathBuf::from(outputs);
+        if args.mode == Mode::MetakdSplit {
+            if !input.is_dir() {
+                bail!(
+                    "--tables: `{}` is not a folder (metakd_split reads a folder of per-domain folders)",
+                    input.display()
+                );
+            }
+            if output.exists() && !output.is_dir() {
+                bail!("--outputs: `{}` exists and is not a folder", output.display());
+            }
+        } else {
+            if !input.is_file() {
+                bail!("--tables: table file `{}` does not exist", input.display());
+            }
+            if output.is_dir() {
+                bail!("--outputs: `{}` is a folder; --mode={mode} writes a table file", output.display());
+            }
+            if same_file(&input, &output) {
+                bail!("--outputs: `{}` is the input table; write to another file", output.display());
+            }
+        }
+        if args.mode == Mode::MetakdEmbeddings {
+            udp.require("pretrain_model_name_or_path")?;
+            if args.micro_batch_size == 0 {
+                bail!("--micro_batch_size must be at least 1");
+            }
+            if args.sequence_length < 2 {
+                bail!("--sequence_length={} is too short: [CLS] and [SEP] alone take 2 tokens", args.sequence_length);
+            }
+            if args.use_amp {
+                bail!("--use_amp: mixed precision is not supported; this program runs in float32");
+            }
+        }
+        let seed =
+            if args.random_seed > 0 { args.random_seed as u64 } else { crate::rng::Rng::from_entropy().next_u64() };
+        Ok(PrepConfig { args, input, output, domains, udp, seed })
+    }
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }

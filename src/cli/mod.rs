@@ -14,6 +14,5 @@ pub fn run(args: args::Args) -> Result<()> {
             std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         }
     }
-    let config = config::RunConfig::from_args(args)?;
-    crate::apps::run(&config)
+    crate::apps::dispatch(&config::Invocation::from_args(args)?)
 }

@@ -68,9 +68,18 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
     let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let table = cfg.last_table();
-    let rows = read_table(table, &cfg.schema, cfg.args.skip_first_line)?;
+    let domain_column = cfg.schema.columns.iter().position(|c| c.name == "domain");
+    if let (Some(genre), None) = (cfg.udp.get("genre"), domain_column) {
+        bail!("--user_defined_parameters: genre={genre} selects rows by their `domain` column, which --input_schema lacks");
+    }
+    let rows = read_table(table, &cfg.schema, cfg.skip_header(table)?)?;
     let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, Some(&ckpt.labels))?;
     let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
+    if let Some(col) = domain_column {
+        crate::metakd::domain_eval::run_evaluate(cfg, &ckpt, &model, &rows, examples, col, device)?;
+        logging::info(format!("Duration time: {:.1} s", start.elapsed().as_secs_f64()));
+        return Ok(());
+    }
     let report = evaluate_examples(&model, &examples, cfg.args.micro_batch_size, ckpt.labels.len(), device)?;
     logging::info(format!("Evaluation of {} on {}: {}", ckpt.dir.display(), table.display(), report.summary()));
     println!("{}", serde_json::to_string_pretty(&report.to_json())?);

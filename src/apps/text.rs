@@ -31,7 +31,8 @@ pub fn encode_rows(
     let mut pairs = Vec::with_capacity(rows.len());
     for row in rows {
         let a = text(row, columns.first, path, schema_names)?;
-        let b = columns.second.map(|i| text(row, i, path, schema_names)).transpose()?;
+        // An empty second text is a single-sentence row (not `[CLS] a [SEP] [SEP]`).
+        let b = columns.second.map(|i| text(row, i, path, schema_names)).transpose()?.filter(|b| !b.is_empty());
         pairs.push((a, b));
     }
     let encoded = tokenizer.encode_batch(&pairs)?;

@@ -62,18 +62,17 @@ impl TrainTask for ClassifyTask<'_> {
     }
 
     fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
-        let dir = &self.checkpoint_dir;
-        save_metadata(dir, self.config, self.labels, &self.train_config, &self.model_dir)?;
-        match reason {
-            SaveReason::Best => {
-                save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
-                save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
-                let state = serde_json::to_string_pretty(state)?;
-                crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
-            }
-            SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
-        }
-        Ok(())
+        save_classifier_checkpoint(
+            &self.checkpoint_dir,
+            self.config,
+            self.labels,
+            &self.train_config,
+            &self.model_dir,
+            params,
+            opt,
+            state,
+            reason,
+        )
     }
 
     fn save_all(&self) -> bool {
@@ -81,14 +80,41 @@ impl TrainTask for ClassifyTask<'_> {
     }
 }
 
+/// Writes a checkpoint: metadata always; on a new best the weights, optimizer and trainer state,
+/// on a periodic save a `model_step_N.safetensors` copy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn save_classifier_checkpoint(
+    dir: &Path,
+    config: &BertConfig,
+    labels: &LabelSet,
+    train_config: &serde_json::Value,
+    model_dir: &Path,
+    params: &Params,
+    opt: &Optimizer,
+    state: &TrainState,
+    reason: SaveReason,
+) -> Result<()> {
+    save_metadata(dir, config, labels, train_config, model_dir)?;
+    match reason {
+        SaveReason::Best => {
+            save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
+            save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
+            let state = serde_json::to_string_pretty(state)?;
+            crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
+        }
+        SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
+    }
+    Ok(())
+}
+
 /// Reads a table and tokenizes it with labels.
 fn load_examples(cfg: &RunConfig, path: &Path, tokenizer: &BertTokenizer, labels: &LabelSet) -> Result<Vec<Example>> {
-    let rows = read_table(path, &cfg.schema, cfg.args.skip_first_line)?;
+    let rows = read_table(path, &cfg.schema, cfg.skip_header(path)?)?;
     encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))
 }
 
 /// Loads the starting weights: a resumed checkpoint, or the pretrained model plus a new head.
-fn initial_params(
+pub(crate) fn initial_params(
     cfg: &RunConfig,
     model_dir: &Path,
     config: &BertConfig,
@@ -96,7 +122,11 @@ fn initial_params(
     device: &Device,
 ) -> Result<Params> {
     let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(model_dir);
-    let (mut weights, unexpected) = read_weights(source, device)?;
+    let (mut weights, mut unexpected) = read_weights(source, device)?;
+    if cfg.meta_teacher.is_some() {
+        // The meta-teacher's domain branch, read by crate::metakd::teacher.
+        unexpected.retain(|n| !n.starts_with("meta."));
+    }
     if !unexpected.is_empty() {
         logging::info(format!(
             "ignoring {} weights that are not part of the classifier: {}",
@@ -131,6 +161,9 @@ fn initial_params(
 
 /// `--mode=train`.
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
+    if let Some(meta) = &cfg.meta_teacher {
+        return crate::metakd::teacher::run_train(cfg, meta, device);
+    }
     let name = cfg.udp.require("pretrain_model_name_or_path")?;
     let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
     let config = BertConfig::load(&model_dir)?;
@@ -242,7 +275,10 @@ fn attach_teacher_logits(
     Ok(())
 }
 
-fn read_resume_state(dir: &Path, device: &Device) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
+pub(crate) fn read_resume_state(
+    dir: &Path,
+    device: &Device,
+) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).with_context(|| {
         format!(
@@ -259,7 +295,7 @@ fn read_resume_state(dir: &Path, device: &Device) -> Result<(TrainState, std::co
 }
 
 /// Every flag of the run plus the resolved model, saved as `train_config.json`.
-fn train_config_json(cfg: &RunConfig, model_dir: &Path) -> serde_json::Value {
+pub(crate) fn train_config_json(cfg: &RunConfig, model_dir: &Path) -> serde_json::Value {
     let mut v = serde_json::to_value(&cfg.args).unwrap_or_default();
     v["pretrained_model_dir"] = serde_json::json!(model_dir.display().to_string());
     v["seed_used"] = serde_json::json!(cfg.seed);

@@ -4,7 +4,8 @@ use super::args::{Args, Mode};
 use super::udp::UserParams;
 use crate::data::schema::{Column, ColumnType, Schema};
 use crate::distill::kd::{KdSettings, TeacherSource};
-use anyhow::{bail, Result};
+use crate::metakd::teacher::MetaTeacherSettings;
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// The applications this program runs.
@@ -42,6 +43,8 @@ pub struct RunConfig {
     pub logits_column: Option<Column>,
     /// Vanilla KD settings, when `enable_distillation=True`.
     pub kd: Option<KdSettings>,
+    /// Meta-KD meta-teacher settings, when training with `use_sample_weights`/`use_domain_loss`.
+    pub meta_teacher: Option<MetaTeacherSettings>,
     /// Column positions.
     pub columns: TextColumns,
     /// `--user_defined_parameters`.
@@ -121,6 +124,13 @@ impl RunConfig {
             (_, Some(l)) => Some(schema.index_of(l, "--label_name")?),
             (_, None) => bail!("--label_name is required in {:?} mode", args.mode),
         };
+        if let Some(stage) = udp.get("distill_stage") {
+            bail!(
+                "--user_defined_parameters: distill_stage={stage}: Meta-KD student distillation is not implemented yet \
+                 (the meta-teacher trains with use_sample_weights/use_domain_loss)"
+            );
+        }
+        let meta_teacher = if args.mode == Mode::Train { MetaTeacherSettings::from_udp(&udp, &schema)? } else { None };
         let seed =
             if args.random_seed > 0 { args.random_seed as u64 } else { crate::rng::Rng::from_entropy().next_u64() };
         Ok(RunConfig {
@@ -129,6 +139,7 @@ impl RunConfig {
             schema,
             logits_column,
             kd,
+            meta_teacher,
             columns: TextColumns { first, second, label },
             udp,
             seed,
@@ -144,6 +155,25 @@ impl RunConfig {
     /// The table read by evaluate and predict (and used for validation in train).
     pub fn last_table(&self) -> &PathBuf {
         self.tables.last().expect("at least one table")
+    }
+
+    /// Whether to skip the first line of `path`: with `--skip_first_line`, or, for the Meta-KD
+    /// layout (a schema with a `domain` column), when that line spells the schema's column names
+    /// (EasyNLP's Meta-KD scripts always skip the header of these tables).
+    pub fn skip_header(&self, path: &Path) -> Result<bool> {
+        if self.args.skip_first_line {
+            return Ok(true);
+        }
+        if !self.schema.columns.iter().any(|c| c.name == "domain") {
+            return Ok(false);
+        }
+        use std::io::BufRead;
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read table {}", path.display()))?;
+        let mut first = Vec::new();
+        std::io::BufReader::new(file).read_until(b'\n', &mut first)?;
+        let first = String::from_utf8_lossy(&first);
+        let first = first.trim_start_matches('\u{feff}').trim_end_matches(['\n', '\r']);
+        Ok(first.split('\t').eq(self.schema.names()))
     }
 }
 

@@ -7,14 +7,19 @@
 //! 3. `metakd_weights` ([`weights`]): the prototype weight of every training instance;
 //! 4. `metakd_dev` ([`dev`]): a dev/test split in the Meta-KD table layout with weight 0.
 //!
+//! Then the meta-teacher ([`teacher`], `--mode=train` with `use_sample_weights`/`use_domain_loss`)
+//! and per-domain evaluation ([`domain_eval`], `--mode=evaluate` on a table with a `domain` column).
+//!
 //! Every table is UTF-8, one row per line, tab-separated, with a header row ([`tables`]). Outputs are
 //! written to temporary files and renamed when complete, so a failed step leaves no partial output.
 
 pub mod dev;
+pub mod domain_eval;
 pub mod embeddings;
 pub mod source;
 pub mod split;
 pub mod tables;
+pub mod teacher;
 pub mod weights;
 
 use crate::cli::args::Mode;

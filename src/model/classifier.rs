@@ -1,4 +1,6 @@
 //! EasyNLP's sequence classifier: BERT -> pooler -> dropout -> linear (`BertForSequenceClassification`).
+//! With `"classifier_activation": "relu"` in config.json (a Meta-KD meta-teacher): BERT -> pooler ->
+//! relu -> linear, without dropout, as EasyNLP's `MetaTeacherForSequenceClassification`.
 
 use super::bert::{Bert, EncoderOutput, ForwardCtx, Linear, Taps, WeightFn};
 use super::config::BertConfig;
@@ -7,21 +9,32 @@ use crate::data::batch::Batch;
 use crate::rng::Rng;
 use candle_core::{Device, Result, Tensor};
 
+/// The config.json key that selects the meta-teacher head (`"relu"`); absent means the plain head.
+pub const ACTIVATION_KEY: &str = "classifier_activation";
+
 /// A BERT sequence classifier (also used for single-tower text matching).
 pub struct Classifier {
     /// The encoder, with pooler.
     pub bert: Bert,
     head: Linear,
     dropout: f64,
+    relu: bool,
 }
 
 impl Classifier {
     /// Builds the classifier from `bert.*` and `classifier.*` weights.
     pub fn load(cfg: &BertConfig, get: &WeightFn) -> anyhow::Result<Self> {
+        let relu = match cfg.raw.get(ACTIVATION_KEY) {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::String(s)) if s == "relu" => true,
+            Some(serde_json::Value::String(s)) if s == "none" || s == "linear" => false,
+            Some(other) => anyhow::bail!("config.json: {ACTIVATION_KEY} {other} is not supported (relu or none)"),
+        };
         Ok(Classifier {
             bert: Bert::load(cfg, get, true)?,
             head: Linear::load(get, "classifier")?,
-            dropout: cfg.hidden_dropout_prob,
+            dropout: if relu { 0.0 } else { cfg.hidden_dropout_prob },
+            relu,
         })
     }
 
@@ -34,7 +47,11 @@ impl Classifier {
     pub fn forward_with(&self, batch: &Batch, taps: Taps, ctx: &ForwardCtx) -> Result<(Tensor, EncoderOutput)> {
         let out = self.bert.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, taps, ctx)?;
         let pooled = out.pooled.as_ref().expect("classifier always loads a pooler");
-        let logits = self.head.forward(&ctx.dropout(pooled, self.dropout)?)?;
+        let logits = if self.relu {
+            self.head.forward(&pooled.relu()?)?
+        } else {
+            self.head.forward(&ctx.dropout(pooled, self.dropout)?)?
+        };
         Ok((logits, out))
     }
 }

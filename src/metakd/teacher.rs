@@ -1,0 +1,477 @@
+//! The Meta-KD meta-teacher (EasyNLP's `meta_teacher_train.py`,
+//! `MetaTeacherForSequenceClassification`): a BERT classifier trained on every domain with a
+//! domain-corruption objective and per-instance prototype weights.
+//!
+//! Model: `logits = classifier(relu(pooler_output))` (no dropout before the classifier), and a
+//! domain branch `domain_logits = domain_classifier(dropout(tanh(corrupt_dense(domain_embedding[d]
+//! + content))))` where `content` is the mean of the last hidden states over the real tokens after
+//! `[CLS]` (EasyNLP also averages the padding). Loss per instance:
+//! `l_i = CE(logits_i, y_i) + domain_loss_weight * CE(domain_logits_i, pi(d)_i)` with `pi` a seeded
+//! random permutation of the batch's domain ids, then `mean_i(w_i * l_i)` with
+//! `use_sample_weights=True` (`w_i` = the `weight` column) else `mean_i(l_i)`.
+//!
+//! The checkpoint is an ordinary classifier checkpoint (`bert.*`, `classifier.*`) plus the `meta.*`
+//! weights of the domain branch; its `config.json` records `classifier_activation: "relu"`,
+//! `num_domains` and `domains`, so plain evaluate/predict give the logits the teacher trained with.
+
+use super::domain_eval::{score_rows, DomainReport};
+use super::parse_domain_label;
+use super::tables::check_domain;
+use crate::apps::text::encode_rows;
+use crate::apps::train::{initial_params, read_resume_state, save_classifier_checkpoint, train_config_json};
+use crate::cli::config::RunConfig;
+use crate::cli::udp::UserParams;
+use crate::data::batch::{Batch, Example};
+use crate::data::labels::LabelSet;
+use crate::data::schema::Schema;
+use crate::data::table::{read_table, Row};
+use crate::data::tokenize::BertTokenizer;
+use crate::logging;
+use crate::model::bert::{masked_mean, ForwardCtx, Linear, Taps, WeightFn};
+use crate::model::classifier::{Classifier, ACTIVATION_KEY};
+use crate::model::config::BertConfig;
+use crate::model::params::Params;
+use crate::model::zoo::resolve_model;
+use crate::rng::Rng;
+use crate::train::metrics::EvalReport;
+use crate::train::optimizer::Optimizer;
+use crate::train::trainer::{train, SaveReason, TrainSettings, TrainState, TrainTask};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// `[num_domains, H]` domain embedding.
+pub const DOMAIN_EMBEDDING: &str = "meta.domain_embedding.weight";
+/// `H -> H` dense layer of the domain branch (`.weight`, `.bias`).
+pub const CORRUPT_DENSE: &str = "meta.corrupt_dense";
+/// `H -> num_domains` domain classifier (`.weight`, `.bias`).
+pub const DOMAIN_CLASSIFIER: &str = "meta.domain_classifier";
+
+/// Meta-teacher settings from `user_defined_parameters` and the schema.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaTeacherSettings {
+    /// `use_sample_weights`: weight each instance's loss by its `weight` column.
+    pub use_sample_weights: bool,
+    /// `use_domain_loss`: add the domain-corruption loss.
+    pub use_domain_loss: bool,
+    /// `domain_loss_weight` (>= 0).
+    pub domain_loss_weight: f64,
+    /// `domain_label`, in domain-id order.
+    pub domains: Vec<String>,
+    /// Schema index of the `domain` column.
+    pub domain_column: usize,
+    /// Schema index of the `weight` column.
+    pub weight_column: usize,
+}
+
+impl MetaTeacherSettings {
+    /// The meta-teacher is selected by the presence of `use_sample_weights` or `use_domain_loss`
+    /// (train mode); `None` otherwise.
+    pub fn from_udp(udp: &UserParams, schema: &Schema) -> Result<Option<Self>> {
+        if udp.get("use_sample_weights").is_none() && udp.get("use_domain_loss").is_none() {
+            return Ok(None);
+        }
+        if udp.bool("enable_distillation", false)? {
+            bail!(
+                "--user_defined_parameters: use_sample_weights/use_domain_loss train the Meta-KD meta-teacher, \
+                 which cannot be combined with enable_distillation=True"
+            );
+        }
+        if let Some(g) = udp.get("genre") {
+            bail!(
+                "--user_defined_parameters: genre={g}: the meta-teacher trains on every domain \
+                 (genre selects the domain of a student or of --mode=evaluate)"
+            );
+        }
+        let use_sample_weights = udp.bool("use_sample_weights", false)?;
+        let use_domain_loss = udp.bool("use_domain_loss", false)?;
+        if use_domain_loss && udp.get("domain_loss_weight").is_none() {
+            bail!("--user_defined_parameters: use_domain_loss=True needs domain_loss_weight=... (EasyNLP's tutorial: 0.5)");
+        }
+        let domain_loss_weight = udp.float_in("domain_loss_weight", 0.0, 0.0, 1e6)?;
+        let domains = parse_domain_label(udp.get("domain_label"))?;
+        let what =
+            "the Meta-KD meta-teacher (use_sample_weights/use_domain_loss) reads the columns `domain` and `weight`";
+        let domain_column = schema.index_of("domain", what)?;
+        let weight_column = schema.index_of("weight", what)?;
+        Ok(Some(MetaTeacherSettings {
+            use_sample_weights,
+            use_domain_loss,
+            domain_loss_weight,
+            domains,
+            domain_column,
+            weight_column,
+        }))
+    }
+}
+
+/// The meta-teacher: the relu-head classifier plus the domain branch.
+pub struct MetaTeacher {
+    /// BERT, pooler and `classifier(relu(pooled))`.
+    pub classifier: Classifier,
+    domain_embedding: Tensor,
+    corrupt_dense: Linear,
+    domain_classifier: Linear,
+    dropout: f64,
+}
+
+impl MetaTeacher {
+    /// Builds the model from `bert.*`, `classifier.*` and `meta.*` weights; `cfg` must carry
+    /// `classifier_activation: "relu"` (see [`meta_config`]).
+    pub fn load(cfg: &BertConfig, get: &WeightFn) -> anyhow::Result<Self> {
+        Ok(MetaTeacher {
+            classifier: Classifier::load(cfg, get)?,
+            domain_embedding: get(DOMAIN_EMBEDDING)?,
+            corrupt_dense: Linear::load(get, CORRUPT_DENSE)?,
+            domain_classifier: Linear::load(get, DOMAIN_CLASSIFIER)?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// `(logits [B, labels], domain_logits [B, domains])` for a batch and its `[B]` u32 domain ids.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        domain_ids: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (logits, out) = self.classifier.forward_with(batch, Taps::default(), ctx)?;
+        let content = content_mean(&out.last_hidden, &batch.attention_mask)?;
+        let emb = self.domain_embedding.index_select(domain_ids, 0)?;
+        let h = self.corrupt_dense.forward(&(emb + content)?)?.tanh()?;
+        let h = ctx.dropout(&h, self.dropout)?;
+        Ok((logits, self.domain_classifier.forward(&h)?))
+    }
+}
+
+/// Mean of `hidden` `[B, L, H]` over the real tokens after `[CLS]` (padding excluded).
+pub fn content_mean(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
+    let l = hidden.dim(1)?;
+    if l < 2 {
+        return masked_mean(hidden, attention_mask);
+    }
+    masked_mean(&hidden.narrow(1, 1, l - 1)?, &attention_mask.narrow(1, 1, l - 1)?)
+}
+
+/// Per-instance cross-entropy `[B]` of `logits` `[B, C]` against u32 `targets` `[B]`.
+pub fn per_instance_ce(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::log_softmax(logits, 1)?.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+}
+
+/// The meta-teacher loss: `l_i = CE(logits_i, y_i) [+ dlw * CE(domain_logits_i, corrupted_i)]`,
+/// then `mean_i(l_i * w_i)` with `weights`, else `mean_i(l_i)`. `domain` is
+/// `(domain_logits, corrupted domain ids)`.
+pub fn meta_teacher_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    domain: Option<(&Tensor, &Tensor)>,
+    domain_loss_weight: f64,
+    weights: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let mut l = per_instance_ce(logits, labels)?;
+    if let Some((domain_logits, corrupted)) = domain {
+        l = (l + per_instance_ce(domain_logits, corrupted)?.affine(domain_loss_weight, 0.0)?)?;
+    }
+    match weights {
+        Some(w) => (l * w)?.mean(0),
+        None => l.mean(0),
+    }
+}
+
+/// Domain corruption: the batch's domain ids under a random permutation drawn from `seed`
+/// (EasyNLP: `domain_ids[torch.randperm(B)]`).
+pub fn corrupt_domains(domain_ids: &[u32], seed: u64) -> Vec<u32> {
+    let mut perm: Vec<usize> = (0..domain_ids.len()).collect();
+    Rng::new(seed).shuffle(&mut perm);
+    perm.into_iter().map(|j| domain_ids[j]).collect()
+}
+
+/// The model config with the meta-teacher keys: relu head, `num_domains`, `domains`.
+pub fn meta_config(base: &BertConfig, domains: &[String]) -> BertConfig {
+    let mut cfg = base.clone();
+    cfg.raw.insert(ACTIVATION_KEY.into(), serde_json::json!("relu"));
+    cfg.raw.insert("num_domains".into(), serde_json::json!(domains.len()));
+    cfg.raw.insert("domains".into(), serde_json::json!(domains));
+    cfg
+}
+
+/// Adds the `meta.*` weights: taken from `source/model.safetensors` when there with the right
+/// shapes (a resumed or earlier meta-teacher), else initialised N(0, initializer_range) with zero
+/// biases. Returns the names it initialised.
+pub fn add_meta_params(
+    params: &mut Params,
+    source: &Path,
+    cfg: &BertConfig,
+    num_domains: usize,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Vec<String>> {
+    let h = cfg.hidden_size;
+    let std = cfg.initializer_range;
+    let wanted: [(String, Vec<usize>, f64); 5] = [
+        (DOMAIN_EMBEDDING.into(), vec![num_domains, h], std),
+        (format!("{CORRUPT_DENSE}.weight"), vec![h, h], std),
+        (format!("{CORRUPT_DENSE}.bias"), vec![h], 0.0),
+        (format!("{DOMAIN_CLASSIFIER}.weight"), vec![num_domains, h], std),
+        (format!("{DOMAIN_CLASSIFIER}.bias"), vec![num_domains], 0.0),
+    ];
+    let file = source.join("model.safetensors");
+    let saved = if file.is_file() {
+        candle_core::safetensors::load(&file, device).with_context(|| format!("cannot read {}", file.display()))?
+    } else {
+        Default::default()
+    };
+    let mut created = Vec::new();
+    for (name, shape, s) in wanted {
+        match saved.get(&name) {
+            Some(t) if t.dims() == shape.as_slice() => params.insert(&name, t)?,
+            _ => {
+                if params.init_missing(&name, &shape, s, rng, device)? {
+                    created.push(name);
+                }
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// The side data the meta-teacher needs per row, `[domain id, weight]`. [`Example`] has no slot for
+/// it, so it travels in `teacher_logits`, which the meta-teacher (no KD) does not otherwise use.
+fn side_data(domain: usize, weight: f32) -> Vec<f32> {
+    vec![domain as f32, weight]
+}
+
+/// Rows of a Meta-KD table tokenized with labels, plus each row's domain id.
+pub struct DomainExamples {
+    /// Model inputs (with `side_data` in `teacher_logits` when weights were read).
+    pub examples: Vec<Example>,
+    /// Domain id of each row (index into the domain list).
+    pub domains: Vec<usize>,
+}
+
+/// The domain id of every row (`check_domain` errors name file and line).
+pub fn row_domains(rows: &[Row], path: &Path, column: usize, domains: &[String]) -> Result<Vec<usize>> {
+    rows.iter()
+        .map(|r| {
+            let name = r.values[column].to_output();
+            check_domain(&name, domains, &format!("{}:{}", path.display(), r.line))?;
+            Ok(domains.iter().position(|d| *d == name).expect("checked"))
+        })
+        .collect()
+}
+
+/// Reads and tokenizes a Meta-KD table; with `weights`, also reads the `weight` column.
+fn load_meta_table(
+    cfg: &RunConfig,
+    meta: &MetaTeacherSettings,
+    path: &Path,
+    tokenizer: &BertTokenizer,
+    labels: &LabelSet,
+    weights: bool,
+) -> Result<DomainExamples> {
+    let rows = read_table(path, &cfg.schema, cfg.skip_header(path)?)?;
+    let mut examples = encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))?;
+    let domains = row_domains(&rows, path, meta.domain_column, &meta.domains)?;
+    if weights {
+        for ((ex, row), &d) in examples.iter_mut().zip(&rows).zip(&domains) {
+            let raw = row.values[meta.weight_column].to_output();
+            let w: f64 = match raw.trim().parse::<f64>() {
+                Ok(w) if w.is_finite() => w,
+                _ => bail!("{}:{}: column `weight`: `{raw}` is not a finite number", path.display(), row.line),
+            };
+            ex.teacher_logits = Some(side_data(d, w as f32));
+        }
+    }
+    Ok(DomainExamples { examples, domains })
+}
+
+/// Training of the meta-teacher.
+struct MetaTeacherTask<'a> {
+    config: &'a BertConfig,
+    labels: &'a LabelSet,
+    meta: &'a MetaTeacherSettings,
+    dev: Option<DomainExamples>,
+    batch_size: usize,
+    checkpoint_dir: PathBuf,
+    model_dir: PathBuf,
+    train_config: serde_json::Value,
+    save_all: bool,
+    device: Device,
+    seed: u64,
+}
+
+impl TrainTask for MetaTeacherTask<'_> {
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+        let labels = batch.labels.as_ref().context("training rows need labels")?;
+        let side: Vec<Vec<f32>> =
+            batch.teacher_logits.as_ref().context("meta-teacher batch without domains")?.to_vec2()?;
+        let domain_ids: Vec<u32> = side.iter().map(|r| r[0] as u32).collect();
+        let weights = if self.meta.use_sample_weights {
+            let w: Vec<f32> = side.iter().map(|r| r[1]).collect();
+            Some(Tensor::from_vec(w, batch.size, &self.device)?)
+        } else {
+            None
+        };
+        let dlw = self.meta.domain_loss_weight;
+        if self.meta.use_domain_loss {
+            let model = MetaTeacher::load(self.config, &|n| params.trainable(n))?;
+            let ids = Tensor::new(domain_ids.as_slice(), &self.device)?;
+            // A fresh draw from the forward context (seeded per micro-batch, reproducible on resume).
+            let seed = ctx.dropout_seed(1.0).unwrap_or(self.seed);
+            let corrupted = Tensor::new(corrupt_domains(&domain_ids, seed).as_slice(), &self.device)?;
+            let (logits, domain_logits) = model.forward(batch, &ids, ctx)?;
+            Ok(meta_teacher_loss(&logits, labels, Some((&domain_logits, &corrupted)), dlw, weights.as_ref())?)
+        } else {
+            let model = Classifier::load(self.config, &|n| params.trainable(n))?;
+            let logits = model.forward(batch, ctx)?;
+            Ok(meta_teacher_loss(&logits, labels, None, dlw, weights.as_ref())?)
+        }
+    }
+
+    fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>> {
+        let Some(dev) = &self.dev else {
+            return Ok(None);
+        };
+        let model = Classifier::load(self.config, &|n| params.frozen(n))?;
+        let scores = score_rows(&model, &dev.examples, self.batch_size, &self.device)?;
+        let report = DomainReport::new(&scores, &dev.domains, &self.meta.domains, self.labels.len());
+        logging::info(format!("per-domain validation accuracy: {}", report.accuracy_line()));
+        Ok(Some(report.all))
+    }
+
+    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
+        save_classifier_checkpoint(
+            &self.checkpoint_dir,
+            self.config,
+            self.labels,
+            &self.train_config,
+            &self.model_dir,
+            params,
+            opt,
+            state,
+            reason,
+        )
+    }
+
+    fn save_all(&self) -> bool {
+        self.save_all
+    }
+}
+
+/// `--mode=train` of the meta-teacher.
+pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -> Result<()> {
+    let name = cfg.udp.require("pretrain_model_name_or_path")?;
+    let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
+    let base = BertConfig::load(&model_dir)?;
+    crate::apps::evaluate::check_sequence_length(cfg, base.max_position_embeddings)?;
+    let config = meta_config(&base, &meta.domains);
+    let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
+    let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let train_rows = load_meta_table(cfg, meta, &cfg.tables[0], &tokenizer, &labels, true)?;
+    let do_eval = cfg.udp.bool("do_eval", true)?;
+    let dev =
+        if do_eval { Some(load_meta_table(cfg, meta, cfg.last_table(), &tokenizer, &labels, false)?) } else { None };
+    let mut params = initial_params(cfg, &model_dir, &config, &labels, device)?;
+    let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(&model_dir);
+    let mut rng = Rng::new(cfg.seed ^ 0x6D65_7461_2D6B_6400);
+    let created = add_meta_params(&mut params, source, &config, meta.domains.len(), &mut rng, device)?;
+    if !created.is_empty() {
+        logging::info(format!("newly initialised: {}", created.join(", ")));
+    }
+    MetaTeacher::load(&config, &|n| params.frozen(n))
+        .with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
+    let resume = match cfg.args.resume_from_checkpoint.as_deref() {
+        Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
+        None => None,
+    };
+    let checkpoint_dir = cfg.checkpoint_dir();
+    std::fs::create_dir_all(&checkpoint_dir).with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
+    logging::info(format!(
+        "Meta-KD meta-teacher: {} domains ({}), use_sample_weights={}, use_domain_loss={}, domain_loss_weight={}",
+        meta.domains.len(),
+        meta.domains.join(","),
+        meta.use_sample_weights,
+        meta.use_domain_loss,
+        meta.domain_loss_weight
+    ));
+    let task = MetaTeacherTask {
+        config: &config,
+        labels: &labels,
+        meta,
+        dev,
+        batch_size: cfg.args.micro_batch_size,
+        checkpoint_dir,
+        model_dir: model_dir.clone(),
+        train_config: train_config_json(cfg, &model_dir),
+        save_all: cfg.args.save_all_checkpoints,
+        device: device.clone(),
+        seed: cfg.seed,
+    };
+    let settings = TrainSettings {
+        epochs: cfg.args.epoch_num,
+        batch_size: cfg.args.micro_batch_size,
+        grad_accum: cfg.args.gradient_accumulation_steps,
+        learning_rate: cfg.args.learning_rate,
+        warmup_proportion: cfg.args.warmup_proportion,
+        max_grad_norm: cfg.args.max_grad_norm,
+        weight_decay: cfg.args.weight_decay,
+        optimizer: cfg.args.optimizer_type,
+        logging_steps: cfg.args.logging_steps,
+        save_checkpoint_steps: cfg.args.save_checkpoint_steps,
+        seed: cfg.seed,
+    };
+    let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
+    let state = train(&settings, &params, &train_rows.examples, &task, resume_ref, device)?;
+    match state.best_accuracy {
+        Some(acc) => logging::info(format!(
+            "training done: best validation accuracy (all domains) {acc:.4}, meta-teacher in {}",
+            task.checkpoint_dir.display()
+        )),
+        None => logging::info(format!("training done: meta-teacher in {}", task.checkpoint_dir.display())),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_corruption_is_a_seeded_permutation() {
+        let ids: Vec<u32> = (0..32).map(|i| i % 4).collect();
+        let a = corrupt_domains(&ids, 7);
+        assert_eq!(a, corrupt_domains(&ids, 7), "same seed, same permutation");
+        assert_ne!(a, corrupt_domains(&ids, 8), "another seed, another permutation");
+        assert_ne!(a, ids);
+        let (mut sa, mut si) = (a.clone(), ids.clone());
+        sa.sort();
+        si.sort();
+        assert_eq!(sa, si, "a permutation keeps the multiset of domains");
+        let distinct: Vec<u32> = (0..16).collect();
+        let mut p = corrupt_domains(&distinct, 3);
+        p.sort();
+        assert_eq!(p, distinct);
+        assert!(corrupt_domains(&[], 1).is_empty());
+    }
+
+    #[test]
+    fn settings_are_selected_by_the_meta_keys() {
+        let schema =
+            Schema::parse("guid:str:1,text_a:str:1,text_b:str:1,label:str:1,domain:str:1,weight:str:1").unwrap();
+        let p = |s: &str| MetaTeacherSettings::from_udp(&UserParams::parse(Some(s)).unwrap(), &schema);
+        assert_eq!(p("pretrain_model_name_or_path=m").unwrap(), None);
+        let m = p("use_sample_weights=True use_domain_loss=True domain_loss_weight=0.5").unwrap().unwrap();
+        assert!(m.use_sample_weights && m.use_domain_loss);
+        assert_eq!((m.domain_loss_weight, m.domain_column, m.weight_column), (0.5, 4, 5));
+        assert_eq!(m.domains, ["books", "dvd", "electronics", "kitchen"]);
+        assert!(p("use_domain_loss=True").unwrap_err().to_string().contains("domain_loss_weight"));
+        assert!(p("use_domain_loss=True domain_loss_weight=-1").is_err());
+        assert!(p("use_sample_weights=True genre=books").is_err());
+        assert!(p("use_sample_weights=True enable_distillation=True").is_err());
+        let plain = Schema::parse("sent:str:1,label:str:1").unwrap();
+        let e = MetaTeacherSettings::from_udp(&UserParams::parse(Some("use_sample_weights=True")).unwrap(), &plain)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`domain`"), "{e}");
+    }
+}

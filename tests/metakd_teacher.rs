@@ -341,7 +341,7 @@ fn tutorial_teacher_trains_then_evaluates_per_domain_and_reloads() {
 }
 
 #[test]
-fn teacher_needs_the_domain_and_weight_columns_and_plain_tables_keep_their_evaluation() {
+fn teacher_needs_the_domain_and_weight_columns_and_finite_weights() {
     let t = tables();
     let ckpt = t.root.join("bad");
     let mut args = teacher_args(&t, &ckpt, "use_sample_weights=True");
@@ -359,4 +359,45 @@ fn teacher_needs_the_domain_and_weight_columns_and_plain_tables_keep_their_evalu
     let out = easynlp_owned(&teacher_args(&t, &ckpt, "use_sample_weights=True"));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("train_with_weights.tsv:2: column `weight`"), "{}", stderr(&out));
+}
+
+#[test]
+fn resume_restores_the_domain_branch() {
+    let t = tables();
+    let first = t.root.join("first");
+    let udp = "use_sample_weights=True use_domain_loss=True domain_loss_weight=0.5";
+    let out = easynlp_owned(&teacher_args(&t, &first, udp));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("newly initialised: meta.domain_embedding.weight"), "{}", stderr(&out));
+    let mut args = teacher_args(&t, &t.root.join("second"), udp);
+    args.push(format!("--resume_from_checkpoint={}", first.display()));
+    args.push("--epoch_num=2".into());
+    let out = easynlp_owned(&args);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("resumed at optimizer step"), "{log}");
+    assert!(!log.contains("meta.") && !log.contains("ignoring"), "the meta weights come from the checkpoint:\n{log}");
+}
+
+#[test]
+fn example_script_runs_the_tutorial_teacher_and_evaluates_per_domain() {
+    let t = tables();
+    std::fs::copy(&t.dev, t.root.join("test_standard.tsv")).unwrap();
+    let work = t.root.join("work");
+    let out = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/metakd_teacher.sh"))
+        .env("EASYNLP", env!("CARGO_BIN_EXE_easynlp"))
+        .env("SENTI", &t.root)
+        .env("TEACHER_MODEL", &t.model)
+        .env("SEQ_LEN", "32")
+        .env("LR", "1e-3")
+        .env("GENRE", "kitchen")
+        .env("WORK", &work)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let j = read_json(&work.join("teacher.test.json"));
+    assert_eq!(j["domains"].as_object().unwrap().len(), 4, "{j}");
+    assert!(j["average"]["accuracy"].is_number());
+    assert_eq!(read_json(&work.join("teacher.test.kitchen.json"))["genre"], "kitchen");
 }

@@ -32,10 +32,7 @@ struct ClassifyTask<'a> {
     labels: &'a LabelSet,
     dev: Option<Vec<Example>>,
     batch_size: usize,
-    checkpoint_dir: PathBuf,
-    model_dir: PathBuf,
-    train_config: serde_json::Value,
-    save_all: bool,
+    writer: CheckpointWriter<'a>,
     device: Device,
     /// Vanilla KD `(temperature, alpha)`; the batches then carry teacher logits.
     kd: Option<(f64, f64)>,
@@ -62,49 +59,74 @@ impl TrainTask for ClassifyTask<'_> {
     }
 
     fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
-        save_classifier_checkpoint(
-            &self.checkpoint_dir,
-            self.config,
-            self.labels,
-            &self.train_config,
-            &self.model_dir,
-            params,
-            opt,
-            state,
-            reason,
-        )
+        self.writer.save(params, opt, state, reason)
     }
 
     fn save_all(&self) -> bool {
-        self.save_all
+        self.writer.save_all
     }
 }
 
-/// Writes a checkpoint: metadata always; on a new best the weights, optimizer and trainer state,
-/// on a periodic save a `model_step_N.safetensors` copy.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn save_classifier_checkpoint(
-    dir: &Path,
-    config: &BertConfig,
-    labels: &LabelSet,
-    train_config: &serde_json::Value,
-    model_dir: &Path,
-    params: &Params,
-    opt: &Optimizer,
-    state: &TrainState,
-    reason: SaveReason,
-) -> Result<()> {
-    save_metadata(dir, config, labels, train_config, model_dir)?;
-    match reason {
-        SaveReason::Best => {
-            save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
-            save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
-            let state = serde_json::to_string_pretty(state)?;
-            crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
-        }
-        SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
+/// Where and how a training run writes its checkpoints.
+pub(crate) struct CheckpointWriter<'a> {
+    /// The checkpoint directory (`--checkpoint_dir`).
+    pub dir: PathBuf,
+    config: &'a BertConfig,
+    labels: &'a LabelSet,
+    model_dir: PathBuf,
+    train_config: serde_json::Value,
+    /// `--save_all_checkpoints`.
+    pub save_all: bool,
+}
+
+impl<'a> CheckpointWriter<'a> {
+    /// A writer for the run `cfg` started from `model_dir`; creates the checkpoint directory.
+    pub fn new(cfg: &RunConfig, config: &'a BertConfig, labels: &'a LabelSet, model_dir: &Path) -> Result<Self> {
+        let dir = cfg.checkpoint_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(CheckpointWriter {
+            dir,
+            config,
+            labels,
+            model_dir: model_dir.to_path_buf(),
+            train_config: train_config_json(cfg, model_dir),
+            save_all: cfg.args.save_all_checkpoints,
+        })
     }
-    Ok(())
+
+    /// Writes metadata always; on a new best the weights, optimizer and trainer state, on a
+    /// periodic save a `model_step_N.safetensors` copy.
+    pub fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
+        let dir = &self.dir;
+        save_metadata(dir, self.config, self.labels, &self.train_config, &self.model_dir)?;
+        match reason {
+            SaveReason::Best => {
+                save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
+                save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
+                let state = serde_json::to_string_pretty(state)?;
+                crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
+            }
+            SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
+        }
+        Ok(())
+    }
+}
+
+/// The training-loop settings of a run, from its flags.
+pub(crate) fn train_settings(cfg: &RunConfig) -> TrainSettings {
+    TrainSettings {
+        epochs: cfg.args.epoch_num,
+        batch_size: cfg.args.micro_batch_size,
+        grad_accum: cfg.args.gradient_accumulation_steps,
+        learning_rate: cfg.args.learning_rate,
+        warmup_proportion: cfg.args.warmup_proportion,
+        max_grad_norm: cfg.args.max_grad_norm,
+        weight_decay: cfg.args.weight_decay,
+        optimizer: cfg.args.optimizer_type,
+        logging_steps: cfg.args.logging_steps,
+        save_checkpoint_steps: cfg.args.save_checkpoint_steps,
+        seed: cfg.seed,
+    }
 }
 
 /// Reads a table and tokenizes it with labels.
@@ -183,41 +205,24 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
         None => None,
     };
-    let checkpoint_dir = cfg.checkpoint_dir();
-    std::fs::create_dir_all(&checkpoint_dir).with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
     let task = ClassifyTask {
         config: &config,
         labels: &labels,
         dev,
         batch_size: cfg.args.micro_batch_size,
-        checkpoint_dir,
-        model_dir: model_dir.clone(),
-        train_config: train_config_json(cfg, &model_dir),
-        save_all: cfg.args.save_all_checkpoints,
+        writer: CheckpointWriter::new(cfg, &config, &labels, &model_dir)?,
         device: device.clone(),
         kd: cfg.kd.as_ref().map(|k| (k.temperature, k.alpha)),
     };
-    let settings = TrainSettings {
-        epochs: cfg.args.epoch_num,
-        batch_size: cfg.args.micro_batch_size,
-        grad_accum: cfg.args.gradient_accumulation_steps,
-        learning_rate: cfg.args.learning_rate,
-        warmup_proportion: cfg.args.warmup_proportion,
-        max_grad_norm: cfg.args.max_grad_norm,
-        weight_decay: cfg.args.weight_decay,
-        optimizer: cfg.args.optimizer_type,
-        logging_steps: cfg.args.logging_steps,
-        save_checkpoint_steps: cfg.args.save_checkpoint_steps,
-        seed: cfg.seed,
-    };
+    let settings = train_settings(cfg);
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
     let state = train(&settings, &params, &train_rows, &task, resume_ref, device)?;
     match state.best_accuracy {
         Some(acc) => logging::info(format!(
             "training done: best validation accuracy {acc:.4}, model in {}",
-            task.checkpoint_dir.display()
+            task.writer.dir.display()
         )),
-        None => logging::info(format!("training done: model in {}", task.checkpoint_dir.display())),
+        None => logging::info(format!("training done: model in {}", task.writer.dir.display())),
     }
     Ok(())
 }

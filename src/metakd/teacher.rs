@@ -18,7 +18,7 @@ use super::domain_eval::{score_rows, DomainReport};
 use super::parse_domain_label;
 use super::tables::check_domain;
 use crate::apps::text::encode_rows;
-use crate::apps::train::{initial_params, read_resume_state, save_classifier_checkpoint, train_config_json};
+use crate::apps::train::{initial_params, read_resume_state, train_settings, CheckpointWriter};
 use crate::cli::config::RunConfig;
 use crate::cli::udp::UserParams;
 use crate::data::batch::{Batch, Example};
@@ -35,10 +35,10 @@ use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
 use crate::train::metrics::EvalReport;
 use crate::train::optimizer::Optimizer;
-use crate::train::trainer::{train, SaveReason, TrainSettings, TrainState, TrainTask};
+use crate::train::trainer::{train, SaveReason, TrainState, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// `[num_domains, H]` domain embedding.
 pub const DOMAIN_EMBEDDING: &str = "meta.domain_embedding.weight";
@@ -292,10 +292,7 @@ struct MetaTeacherTask<'a> {
     meta: &'a MetaTeacherSettings,
     dev: Option<DomainExamples>,
     batch_size: usize,
-    checkpoint_dir: PathBuf,
-    model_dir: PathBuf,
-    train_config: serde_json::Value,
-    save_all: bool,
+    writer: CheckpointWriter<'a>,
     device: Device,
     seed: u64,
 }
@@ -340,21 +337,11 @@ impl TrainTask for MetaTeacherTask<'_> {
     }
 
     fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
-        save_classifier_checkpoint(
-            &self.checkpoint_dir,
-            self.config,
-            self.labels,
-            &self.train_config,
-            &self.model_dir,
-            params,
-            opt,
-            state,
-            reason,
-        )
+        self.writer.save(params, opt, state, reason)
     }
 
     fn save_all(&self) -> bool {
-        self.save_all
+        self.writer.save_all
     }
 }
 
@@ -384,8 +371,6 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
         Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
         None => None,
     };
-    let checkpoint_dir = cfg.checkpoint_dir();
-    std::fs::create_dir_all(&checkpoint_dir).with_context(|| format!("cannot create {}", checkpoint_dir.display()))?;
     logging::info(format!(
         "Meta-KD meta-teacher: {} domains ({}), use_sample_weights={}, use_domain_loss={}, domain_loss_weight={}",
         meta.domains.len(),
@@ -400,34 +385,19 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
         meta,
         dev,
         batch_size: cfg.args.micro_batch_size,
-        checkpoint_dir,
-        model_dir: model_dir.clone(),
-        train_config: train_config_json(cfg, &model_dir),
-        save_all: cfg.args.save_all_checkpoints,
+        writer: CheckpointWriter::new(cfg, &config, &labels, &model_dir)?,
         device: device.clone(),
         seed: cfg.seed,
     };
-    let settings = TrainSettings {
-        epochs: cfg.args.epoch_num,
-        batch_size: cfg.args.micro_batch_size,
-        grad_accum: cfg.args.gradient_accumulation_steps,
-        learning_rate: cfg.args.learning_rate,
-        warmup_proportion: cfg.args.warmup_proportion,
-        max_grad_norm: cfg.args.max_grad_norm,
-        weight_decay: cfg.args.weight_decay,
-        optimizer: cfg.args.optimizer_type,
-        logging_steps: cfg.args.logging_steps,
-        save_checkpoint_steps: cfg.args.save_checkpoint_steps,
-        seed: cfg.seed,
-    };
+    let settings = train_settings(cfg);
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
     let state = train(&settings, &params, &train_rows.examples, &task, resume_ref, device)?;
     match state.best_accuracy {
         Some(acc) => logging::info(format!(
             "training done: best validation accuracy (all domains) {acc:.4}, meta-teacher in {}",
-            task.checkpoint_dir.display()
+            task.writer.dir.display()
         )),
-        None => logging::info(format!("training done: meta-teacher in {}", task.checkpoint_dir.display())),
+        None => logging::info(format!("training done: meta-teacher in {}", task.writer.dir.display())),
     }
     Ok(())
 }

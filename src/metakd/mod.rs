@@ -18,6 +18,7 @@ pub mod domain_eval;
 pub mod embeddings;
 pub mod source;
 pub mod split;
+pub mod student;
 pub mod tables;
 pub mod teacher;
 pub mod weights;

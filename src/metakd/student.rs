@@ -27,7 +27,7 @@ pub fn layer_map(
     if student_layers == 0 || teacher_layers < student_layers {
         bail!("cannot map a {teacher_layers}-layer teacher onto a {student_layers}-layer student: the student must have between 1 and {teacher_layers} layers");
     }
-    if teacher_layers % student_layers != 0 {
+    if !teacher_layers.is_multiple_of(student_layers) {
         bail!(
             "cannot map a {teacher_layers}-layer teacher onto a {student_layers}-layer student: the teacher's layers must be a whole multiple of the student's (e.g. 6->3, 12->4)"
         );

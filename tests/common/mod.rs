@@ -13,7 +13,13 @@ pub fn shared_dir(test: &str) -> Option<PathBuf> {
     if dir.join("models/minilm-l6/config.json").is_file() {
         Some(dir)
     } else {
-        eprintln!("\n!!! SKIPPED {test}: shared data not found at {} (set EASYNLP_SHARED) !!!\n", dir.display());
+        // Written to the stderr handle directly: libtest captures `eprintln!` of passing tests.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "\n!!! SKIPPED {test}: shared data not found at {} (set EASYNLP_SHARED) !!!\n",
+            dir.display()
+        );
         None
     }
 }

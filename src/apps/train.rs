@@ -145,8 +145,8 @@ pub(crate) fn initial_params(
 ) -> Result<Params> {
     let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(model_dir);
     let (mut weights, mut unexpected) = read_weights(source, device)?;
-    if cfg.meta_teacher.is_some() {
-        // The meta-teacher's domain branch, read by crate::metakd::teacher.
+    if cfg.meta_teacher.is_some() || cfg.meta_student.is_some() {
+        // The Meta-KD domain branch (and a student's fit_dense), read by crate::metakd.
         unexpected.retain(|n| !n.starts_with("meta."));
     }
     if !unexpected.is_empty() {
@@ -185,6 +185,9 @@ pub(crate) fn initial_params(
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     if let Some(meta) = &cfg.meta_teacher {
         return crate::metakd::teacher::run_train(cfg, meta, device);
+    }
+    if let Some(meta) = &cfg.meta_student {
+        return crate::metakd::student_train::run_train(cfg, meta, device);
     }
     let name = cfg.udp.require("pretrain_model_name_or_path")?;
     let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;

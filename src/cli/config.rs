@@ -4,6 +4,7 @@ use super::args::{Args, Mode};
 use super::udp::UserParams;
 use crate::data::schema::{Column, ColumnType, Schema};
 use crate::distill::kd::{KdSettings, TeacherSource};
+use crate::metakd::student_train::MetaStudentSettings;
 use crate::metakd::teacher::MetaTeacherSettings;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ pub struct RunConfig {
     pub kd: Option<KdSettings>,
     /// Meta-KD meta-teacher settings, when training with `use_sample_weights`/`use_domain_loss`.
     pub meta_teacher: Option<MetaTeacherSettings>,
+    /// Meta-KD student settings, when training with `distill_stage`.
+    pub meta_student: Option<MetaStudentSettings>,
     /// Column positions.
     pub columns: TextColumns,
     /// `--user_defined_parameters`.
@@ -124,13 +127,18 @@ impl RunConfig {
             (_, Some(l)) => Some(schema.index_of(l, "--label_name")?),
             (_, None) => bail!("--label_name is required in {:?} mode", args.mode),
         };
-        if let Some(stage) = udp.get("distill_stage") {
+        if let (Some(stage), false) = (udp.get("distill_stage"), args.mode == Mode::Train) {
             bail!(
-                "--user_defined_parameters: distill_stage={stage}: Meta-KD student distillation is not implemented yet \
-                 (the meta-teacher trains with use_sample_weights/use_domain_loss)"
+                "--user_defined_parameters: distill_stage={stage} trains a Meta-KD student (--mode=train); \
+                 evaluate a student with its checkpoint and genre=<domain>"
             );
         }
-        let meta_teacher = if args.mode == Mode::Train { MetaTeacherSettings::from_udp(&udp, &schema)? } else { None };
+        let meta_student = if args.mode == Mode::Train { MetaStudentSettings::from_udp(&udp, &schema)? } else { None };
+        let meta_teacher = if args.mode == Mode::Train && meta_student.is_none() {
+            MetaTeacherSettings::from_udp(&udp, &schema)?
+        } else {
+            None
+        };
         let seed =
             if args.random_seed > 0 { args.random_seed as u64 } else { crate::rng::Rng::from_entropy().next_u64() };
         Ok(RunConfig {
@@ -140,6 +148,7 @@ impl RunConfig {
             logits_column,
             kd,
             meta_teacher,
+            meta_student,
             columns: TextColumns { first, second, label },
             udp,
             seed,

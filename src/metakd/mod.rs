@@ -9,6 +9,8 @@
 //!
 //! Then the meta-teacher ([`teacher`], `--mode=train` with `use_sample_weights`/`use_domain_loss`)
 //! and per-domain evaluation ([`domain_eval`], `--mode=evaluate` on a table with a `domain` column).
+//! The students ([`student_train`] on the blocks of [`student`]) are `--mode=train` with
+//! `distill_stage=first|second`.
 //!
 //! Every table is UTF-8, one row per line, tab-separated, with a header row ([`tables`]). Outputs are
 //! written to temporary files and renamed when complete, so a failed step leaves no partial output.
@@ -19,6 +21,7 @@ pub mod embeddings;
 pub mod source;
 pub mod split;
 pub mod student;
+pub mod student_train;
 pub mod tables;
 pub mod teacher;
 pub mod weights;

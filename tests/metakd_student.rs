@@ -215,6 +215,23 @@ fn tutorial_stages_first_and_second_then_evaluate_with_genre() {
         .collect();
     assert!(losses.len() >= 2 && losses.last().unwrap() < losses.first().unwrap(), "{losses:?}\n{log}");
 
+    assert!(log.contains("--save_checkpoint_steps is ignored"), "{log}");
+    // Resuming stage first restores the student's domain branch and fit_dense from the checkpoint.
+    let mut args = train_args(
+        &t,
+        &t.root.join("resumed"),
+        &["--epoch_num=3"],
+        &student_udp(&student, &teacher, "first", "kitchen"),
+    );
+    args.push(format!("--resume_from_checkpoint={}", s1.display()));
+    let out = easynlp_owned(&args);
+    let rlog = stderr(&out);
+    assert!(out.status.success(), "{rlog}");
+    assert!(rlog.contains("resumed at optimizer step 4") && !rlog.contains("newly initialised"), "{rlog}");
+    let r = candle_core::safetensors::load(t.root.join("resumed/model.safetensors"), &Device::Cpu).unwrap();
+    let moved = (&r["meta.fit_dense.weight"] - &w["meta.fit_dense.weight"]).unwrap().abs().unwrap();
+    assert!(scalar(&moved.max_all().unwrap()) > 0.0, "the resumed run trains on");
+
     // Stage second: from the stage-1 checkpoint, best by the kitchen dev accuracy.
     let s2 = t.root.join("student2");
     let udp = student_udp(&s1, &teacher, "second", "kitchen");

@@ -486,7 +486,11 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
     let mut settings = train_settings(cfg);
     if stage1 {
         // No evaluator: one save at the end (EasyNLP saves nothing when save_checkpoint_steps is given).
-        settings.save_checkpoint_steps = None;
+        if settings.save_checkpoint_steps.take().is_some() {
+            logging::info(
+                "stage first has no evaluation: --save_checkpoint_steps is ignored, the student is saved at the end",
+            );
+        }
     }
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
     let state = train(&settings, &params, &train_rows, &task, resume_ref, device)?;

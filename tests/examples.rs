@@ -41,3 +41,32 @@ fn kd_sst2_example_runs() {
 fn kd_mrpc_example_runs() {
     run_example("kd_mrpc.sh");
 }
+
+#[test]
+fn metakd_pipeline_example_runs() {
+    let Some(shared) = common::shared_dir("metakd.sh") else { return };
+    let work = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("examples/metakd.sh"))
+        .env("EASYNLP", env!("CARGO_BIN_EXE_easynlp"))
+        .env("EASYNLP_SHARED", &shared)
+        .env("WORK", work.path())
+        .env("ROWS_PER_DOMAIN", "8")
+        .env("GENRES", "books,kitchen")
+        .env("EPOCHS1", "1")
+        .env("EPOCHS2", "1")
+        .env("SEQ_LEN", "32")
+        .env("BATCH", "8")
+        .output()
+        .unwrap();
+    let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "metakd.sh failed:\n{log}");
+    for genre in ["books", "kitchen"] {
+        let m = work.path().join(format!("students/{genre}/student.test.{genre}.json"));
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+        assert_eq!(v["genre"], genre, "{log}");
+        assert!(v["accuracy"].as_f64().is_some());
+        assert!(log.contains(&format!("{genre}: accuracy ")), "{log}");
+    }
+}

@@ -71,15 +71,6 @@ pub fn make_batch(examples: &[&Example], device: &Device) -> Result<Batch> {
     })
 }
 
-/// Splits `0..n` into batches of `batch_size` rows: in file order, or shuffled by `rng`.
-pub fn batch_indices(n: usize, batch_size: usize, rng: Option<&mut Rng>) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if let Some(rng) = rng {
-        rng.shuffle(&mut order);
-    }
-    order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
-}
-
 /// Rows per length bucket, in batches: rows are sorted by length within windows of this many
 /// batches, so that each batch holds rows of similar length and pads little.
 pub const BUCKET_BATCHES: usize = 50;
@@ -109,6 +100,15 @@ pub fn bucketed_batches(lengths: &[usize], batch_size: usize, rng: Option<&mut R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Splits `0..n` into batches of `batch_size` rows: in file order, or shuffled by `rng`.
+    fn batch_indices(n: usize, batch_size: usize, rng: Option<&mut Rng>) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..n).collect();
+        if let Some(rng) = rng {
+            rng.shuffle(&mut order);
+        }
+        order.chunks(batch_size.max(1)).map(|c| c.to_vec()).collect()
+    }
 
     #[test]
     fn pads_to_longest_row() {

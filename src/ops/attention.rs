@@ -7,7 +7,7 @@
 //! its seed) and writes the gradients of Q, K and V straight into a `[B, L, 3H]` tensor.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::dropout::mask_factor;
@@ -54,43 +54,6 @@ impl SharedPtr {
     }
 }
 
-/// `dst (m x n) = beta * lhs (m x k) * rhs (k x n)`, strides given as (row, column).
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_s: (usize, usize),
-    rhs: *const f32,
-    rhs_s: (usize, usize),
-    beta: f32,
-) {
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs,
-        lhs_s.1 as isize,
-        lhs_s.0 as isize,
-        rhs,
-        rhs_s.1 as isize,
-        rhs_s.0 as isize,
-        0.0,
-        beta,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
-}
-
 /// Shapes and the per-pair geometry shared by forward and backward.
 struct Geometry {
     b: usize,
@@ -116,7 +79,9 @@ impl Attention {
         let q = qkv[base + hi * g.dh..].as_ptr();
         let k = qkv[base + g.h + hi * g.dh..].as_ptr();
         // S = Q K^T * scale: K^T element (kk, j) is K[j, kk].
-        unsafe { matmul(l, l, g.dh, p.as_mut_ptr(), l, q, (h3, 1), k, (1, h3), g.scale) };
+        unsafe {
+            util::matmul(l, l, g.dh, p.as_mut_ptr(), l, false, q, (h3, 1), k, (1, h3), g.scale, Parallelism::None)
+        };
         let mask = &mask[bi * l..(bi + 1) * l];
         for row in p.chunks_exact_mut(l) {
             for (s, m) in row.iter_mut().zip(mask) {
@@ -158,7 +123,22 @@ impl CustomOp2 for Attention {
                 let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
                 let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
                 // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
-                unsafe { matmul(l, g.dh, l, dst, g.h, probs.as_ptr(), (l, 1), v, (h3, 1), 1.0) };
+                unsafe {
+                    util::matmul(
+                        l,
+                        g.dh,
+                        l,
+                        dst,
+                        g.h,
+                        false,
+                        probs.as_ptr(),
+                        (l, 1),
+                        v,
+                        (h3, 1),
+                        1.0,
+                        Parallelism::None,
+                    )
+                };
             },
         );
         Ok((CpuStorage::F32(out), Shape::from((g.b, l, g.h))))
@@ -217,9 +197,9 @@ impl candle_core::CustomOp3 for AttentionGrad {
                 let probs = if op.dropout.is_some() { &pd[..] } else { &p[..] };
                 unsafe {
                     // dV = P_d^T dC: P_d^T element (j, i) is P_d[i, j].
-                    matmul(l, dh, l, dv, h3, probs.as_ptr(), (1, l), dc, (g.h, 1), 1.0);
+                    util::matmul(l, dh, l, dv, h3, false, probs.as_ptr(), (1, l), dc, (g.h, 1), 1.0, Parallelism::None);
                     // dP_d = dC V^T.
-                    matmul(l, l, dh, dp.as_mut_ptr(), l, dc, (g.h, 1), v, (1, h3), 1.0);
+                    util::matmul(l, l, dh, dp.as_mut_ptr(), l, false, dc, (g.h, 1), v, (1, h3), 1.0, Parallelism::None);
                 }
                 if let Some((prob, seed)) = op.dropout {
                     let keep = 1.0 - prob;
@@ -237,8 +217,8 @@ impl candle_core::CustomOp3 for AttentionGrad {
                 }
                 unsafe {
                     // dQ = dS K * scale; dK = dS^T Q * scale.
-                    matmul(l, dh, l, dq, h3, dp.as_ptr(), (l, 1), k, (h3, 1), g.scale);
-                    matmul(l, dh, l, dk, h3, dp.as_ptr(), (1, l), q, (h3, 1), g.scale);
+                    util::matmul(l, dh, l, dq, h3, false, dp.as_ptr(), (l, 1), k, (h3, 1), g.scale, Parallelism::None);
+                    util::matmul(l, dh, l, dk, h3, false, dp.as_ptr(), (1, l), q, (h3, 1), g.scale, Parallelism::None);
                 }
             },
         );

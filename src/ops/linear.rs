@@ -5,7 +5,7 @@
 //! buffers per layer (each candle node zero-fills and adds into a fresh gradient).
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 
 use super::util;
 
@@ -37,43 +37,6 @@ fn threads() -> Parallelism {
     Parallelism::Rayon(rayon::current_num_threads())
 }
 
-/// `dst (m x n) = read? dst + lhs (m x k) * rhs (k x n)`, strides as (row, column).
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_s: (usize, usize),
-    rhs: *const f32,
-    rhs_s: (usize, usize),
-) {
-    gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_s.1 as isize,
-        lhs_s.0 as isize,
-        rhs,
-        rhs_s.1 as isize,
-        rhs_s.0 as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        threads(),
-    )
-}
-
 struct Linear;
 
 impl CustomOp3 for Linear {
@@ -100,7 +63,22 @@ impl CustomOp3 for Linear {
             y.extend_from_slice(b);
         }
         // y += x W^T: W^T element (k, j) is W[j, k].
-        unsafe { matmul(rows, out, inp, y.as_mut_ptr(), out, true, x.as_ptr(), (inp, 1), w.as_ptr(), (1, inp)) };
+        unsafe {
+            util::matmul(
+                rows,
+                out,
+                inp,
+                y.as_mut_ptr(),
+                out,
+                true,
+                x.as_ptr(),
+                (inp, 1),
+                w.as_ptr(),
+                (1, inp),
+                1.0,
+                threads(),
+            )
+        };
         let mut dims = l1.shape().dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -148,9 +126,35 @@ impl CustomOp3 for LinearGrad {
         let (dw, db) = rest.split_at_mut(out * inp);
         unsafe {
             // dx = dy W.
-            matmul(rows, inp, out, dx.as_mut_ptr(), inp, false, dy.as_ptr(), (out, 1), w.as_ptr(), (inp, 1));
+            util::matmul(
+                rows,
+                inp,
+                out,
+                dx.as_mut_ptr(),
+                inp,
+                false,
+                dy.as_ptr(),
+                (out, 1),
+                w.as_ptr(),
+                (inp, 1),
+                1.0,
+                threads(),
+            );
             // dW = dy^T x: dy^T element (j, n) is dy[n, j].
-            matmul(out, inp, rows, dw.as_mut_ptr(), inp, false, dy.as_ptr(), (1, out), x.as_ptr(), (inp, 1));
+            util::matmul(
+                out,
+                inp,
+                rows,
+                dw.as_mut_ptr(),
+                inp,
+                false,
+                dy.as_ptr(),
+                (1, out),
+                x.as_ptr(),
+                (inp, 1),
+                1.0,
+                threads(),
+            );
         }
         // db = column sums of dy, in fixed row blocks so the result does not depend on threads.
         let mut scratch = dy.to_vec();

@@ -110,3 +110,46 @@ pub(crate) fn split_packed(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Ten
     }
     Ok(parts)
 }
+
+/// `dst (m x n) = (accumulate ? dst : 0) + scale * lhs (m x k) * rhs (k x n)` with the gemm crate;
+/// strides are given as (row, column) in elements.
+///
+/// # Safety
+/// The pointers must address matrices of the given shapes and strides; `dst` must not alias them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_s: (usize, usize),
+    rhs: *const f32,
+    rhs_s: (usize, usize),
+    scale: f32,
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_s.1 as isize,
+        lhs_s.0 as isize,
+        rhs,
+        rhs_s.1 as isize,
+        rhs_s.0 as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        parallelism,
+    )
+}

@@ -167,3 +167,44 @@ fn sidecar_with_another_label_order() {
     }
     expect_kd_error(&args, &["meta.json", "label order (0,1)", "(1,0)"]);
 }
+
+/// Meta-KD tables (`guid text_a text_b label domain weight`) carry a header that EasyNLP's Meta-KD
+/// readers skip: the logits export and the KD join must skip it too, or the counts disagree.
+#[test]
+fn export_and_kd_skip_the_header_of_metakd_tables() {
+    let s = setup();
+    let table = s.root.join("senti.tsv");
+    let mut text = String::from("guid\ttext_a\ttext_b\tlabel\tdomain\tweight\n");
+    let rows = std::fs::read_to_string(sample("sentiment-train.tsv")).unwrap();
+    for (i, line) in rows.lines().enumerate() {
+        let (sent, label) = line.split_once('\t').unwrap();
+        text.push_str(&format!("train-{i}\t{sent}\t\t{label}\tbooks\t0.5\n"));
+    }
+    std::fs::write(&table, text).unwrap();
+    let schema = "guid:str:1,text_a:str:1,text_b:str:1,label:str:1,domain:str:1,weight:str:1";
+    let logits = s.root.join("senti.logits.tsv");
+    let out = easynlp_owned(&[
+        "--mode=predict".into(),
+        format!("--tables={}", table.display()),
+        format!("--input_schema={schema}"),
+        "--first_sequence=text_a".into(),
+        "--output_schema=logits".into(),
+        format!("--outputs={}", logits.display()),
+        format!("--checkpoint_dir={}", s.teacher.display()),
+        "--sequence_length=32".into(),
+    ]);
+    assert!(out.status.success(), "export: {}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&logits).unwrap().lines().count(), rows.lines().count());
+    let mut args = file_route(&s, &s.root.join("student-senti"), &logits);
+    for a in args.iter_mut() {
+        if a.starts_with("--input_schema=") {
+            *a = format!("--input_schema={schema},logits:float:2");
+        } else if a.starts_with("--first_sequence=") {
+            *a = "--first_sequence=text_a".into();
+        } else if a.starts_with("--tables=") {
+            *a = format!("--tables={},{}", table.display(), table.display());
+        }
+    }
+    let out = easynlp_owned(&args);
+    assert!(out.status.success(), "KD on a Meta-KD table: {}", stderr(&out));
+}

@@ -43,7 +43,8 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
     let table = cfg.last_table();
-    let lines = read_lines(table, cfg.args.skip_first_line)?;
+    let skip_header = cfg.skip_header(table)?;
+    let lines = read_lines(table, skip_header)?;
     if lines.is_empty() {
         bail!("{}: the table has no rows", table.display());
     }
@@ -99,7 +100,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
             if outputs == ["logits"] {
                 // A teacher logits export: fingerprint the input so KD can check the join.
                 let sidecar = LogitsSidecar {
-                    table: TableFingerprint::of(table, cfg.args.skip_first_line)?,
+                    table: TableFingerprint::of(table, skip_header)?,
                     labels: ckpt.labels.names.clone(),
                     teacher: ckpt.dir.canonicalize().unwrap_or(ckpt.dir.clone()).display().to_string(),
                     teacher_weights_sha256: weights_sha256(&ckpt.dir)?,

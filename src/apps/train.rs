@@ -251,7 +251,7 @@ fn attach_teacher_logits(
     }
     let logits = match &kd.source {
         TeacherSource::File { path } => {
-            read_teacher_logits(path, &cfg.tables[0], cfg.args.skip_first_line, rows.len(), labels)?
+            read_teacher_logits(path, &cfg.tables[0], cfg.skip_header(&cfg.tables[0])?, rows.len(), labels)?
         }
         TeacherSource::Online { dir } => {
             let teacher = load_checkpoint(dir, device).context("teacher_model_path")?;
@@ -265,7 +265,7 @@ fn attach_teacher_logits(
             }
             let tokenizer = BertTokenizer::load(&teacher.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
             let table = &cfg.tables[0];
-            let data = read_table(table, &cfg.schema, cfg.args.skip_first_line)?;
+            let data = read_table(table, &cfg.schema, cfg.skip_header(table)?)?;
             let model = Classifier::load(&teacher.config, &|n| teacher.params.frozen(n))?;
             logging::info(format!("computing teacher logits with {} on {} rows", dir.display(), data.len()));
             let mut logits = Vec::with_capacity(data.len());

@@ -10,7 +10,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::dropout::mask_factor;
+use super::dropout::{mask_factor, mask_into};
 use super::{math, util};
 
 /// Attention context `[B, L, H]` from packed projections `qkv` `[B, L, 3H]` (query, key, value
@@ -82,22 +82,9 @@ impl Attention {
         unsafe {
             util::matmul(l, l, g.dh, p.as_mut_ptr(), l, false, q, (h3, 1), k, (1, h3), g.scale, Parallelism::None)
         };
-        let mask = &mask[bi * l..(bi + 1) * l];
-        for row in p.chunks_exact_mut(l) {
-            for (s, m) in row.iter_mut().zip(mask) {
-                *s += m;
-            }
-            let max = util::max_f32(row);
-            row.iter_mut().for_each(|s| *s = math::exp(*s - max));
-            let inv = (1.0 / util::sum_f64(row, |x| x as f64)) as f32;
-            row.iter_mut().for_each(|s| *s *= inv);
-        }
+        masked_softmax_rows(p, &mask[bi * l..(bi + 1) * l]);
         if let Some((prob, seed)) = self.dropout {
-            let keep = 1.0 - prob;
-            let offset = ((bi * self.heads + hi) * l * l) as u64;
-            for (i, (d, &s)) in pd.iter_mut().zip(p.iter()).enumerate() {
-                *d = s * mask_factor(seed, offset + i as u64, keep);
-            }
+            mask_into(pd, p, seed, ((bi * self.heads + hi) * l * l) as u64, 1.0 - prob);
         }
     }
 }
@@ -202,19 +189,10 @@ impl candle_core::CustomOp3 for AttentionGrad {
                     util::matmul(l, l, dh, dp.as_mut_ptr(), l, false, dc, (g.h, 1), v, (1, h3), 1.0, Parallelism::None);
                 }
                 if let Some((prob, seed)) = op.dropout {
-                    let keep = 1.0 - prob;
                     let offset = ((bi * op.heads + hi) * l * l) as u64;
-                    for (i, d) in dp.iter_mut().enumerate() {
-                        *d *= mask_factor(seed, offset + i as u64, keep);
-                    }
+                    mask_in_place(dp, seed, offset, 1.0 - prob);
                 }
-                // dS = P * (dP - rowsum(dP * P)), kept in dp.
-                for (drow, prow) in dp.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
-                    let dot = util::dot_f64(drow, prow) as f32;
-                    for (d, &pv) in drow.iter_mut().zip(prow) {
-                        *d = pv * (*d - dot);
-                    }
-                }
+                softmax_grad_rows(dp, p, l);
                 unsafe {
                     // dQ = dS K * scale; dK = dS^T Q * scale.
                     util::matmul(l, dh, l, dq, h3, false, dp.as_ptr(), (l, 1), k, (h3, 1), g.scale, Parallelism::None);
@@ -223,5 +201,41 @@ impl candle_core::CustomOp3 for AttentionGrad {
             },
         );
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+util::simd_fn! {
+    /// Row-wise `softmax(s + mask)` of the `L x L` scores `p`, in place (`mask` has `L` entries).
+    fn masked_softmax_rows(p: &mut [f32], mask: &[f32]) {
+        for row in p.chunks_exact_mut(mask.len()) {
+            for (s, m) in row.iter_mut().zip(mask) {
+                *s += m;
+            }
+            let max = util::max_f32(row);
+            row.iter_mut().for_each(|s| *s = math::exp(*s - max));
+            let inv = (1.0 / util::sum_f64(row, |x| x as f64)) as f32;
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+    }
+}
+
+util::simd_fn! {
+    /// `d *= mask` for the dropout mask of elements `offset..offset + d.len()`.
+    fn mask_in_place(d: &mut [f32], seed: u64, offset: u64, keep: f32) {
+        for (i, d) in d.iter_mut().enumerate() {
+            *d *= mask_factor(seed, offset + i as u64, keep);
+        }
+    }
+}
+
+util::simd_fn! {
+    /// Softmax backward over rows of `l`: `dS = P * (dP - rowsum(dP * P))`, in place in `dp`.
+    fn softmax_grad_rows(dp: &mut [f32], p: &[f32], l: usize) {
+        for (drow, prow) in dp.chunks_exact_mut(l).zip(p.chunks_exact(l)) {
+            let dot = util::dot_f64(drow, prow) as f32;
+            for (d, &pv) in drow.iter_mut().zip(prow) {
+                *d = pv * (*d - dot);
+            }
+        }
     }
 }

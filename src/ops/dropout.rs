@@ -49,12 +49,10 @@ struct Dropout {
 
 fn apply_mask(src: &[f32], keep: f32, seed: u64) -> Vec<f32> {
     let mut out = vec![0f32; src.len()];
-    out.par_chunks_mut(util::ELEM_BLOCK).zip(src.par_chunks(util::ELEM_BLOCK)).enumerate().for_each(|(c, (o, s))| {
-        let base = (c * util::ELEM_BLOCK) as u64;
-        for (k, (o, &v)) in o.iter_mut().zip(s).enumerate() {
-            *o = v * mask_factor(seed, base + k as u64, keep);
-        }
-    });
+    out.par_chunks_mut(util::ELEM_BLOCK)
+        .zip(src.par_chunks(util::ELEM_BLOCK))
+        .enumerate()
+        .for_each(|(c, (o, s))| mask_into(o, s, seed, (c * util::ELEM_BLOCK) as u64, keep));
     out
 }
 
@@ -87,5 +85,14 @@ impl CustomOp1 for DropoutGrad {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = util::f32_slice(storage, layout, self.name())?;
         Ok((CpuStorage::F32(apply_mask(g, self.keep, self.seed)), layout.shape().clone()))
+    }
+}
+
+util::simd_fn! {
+    /// `o = s * mask`, the mask of elements `base..base + s.len()`.
+    pub(crate) fn mask_into(o: &mut [f32], s: &[f32], seed: u64, base: u64, keep: f32) {
+        for (k, (o, &v)) in o.iter_mut().zip(s).enumerate() {
+            *o = v * mask_factor(seed, base + k as u64, keep);
+        }
     }
 }

@@ -22,7 +22,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 }
 
 /// Mean and reciprocal standard deviation `1 / sqrt(var + eps)` of one row (two-pass, f64).
-#[inline]
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
     let mean = util::sum_f64(x, |v| v as f64) / n;
@@ -54,13 +54,7 @@ impl CustomOp3 for LayerNorm {
         let beta = util::f32_slice(s3, l3, self.name())?;
         let h = gamma.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
-            let (mean, rstd) = row_stats(x, self.eps);
-            let (mean, rstd) = (mean as f32, rstd as f32);
-            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                *y = (x - mean) * rstd * g + b;
-            }
-        });
+        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| normalize_row(y, x, gamma, beta, self.eps));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -112,29 +106,48 @@ impl CustomOp3 for LayerNormBwd {
         let mut packed = vec![0f32; n + 2 * h];
         let (dx, param_grads) = packed.split_at_mut(n);
         let sums = util::par_rows_with_acc(dx, h, 2 * h, |row, dx, acc| {
-            let x = &x[row * h..(row + 1) * h];
-            let g = &grad[row * h..(row + 1) * h];
-            let (mean, rstd) = row_stats(x, self.eps);
-            // gy goes into dx first; then sum(gy * xhat) = rstd * (sum(gy * x) - mean * sum(gy)),
-            // which is exact enough in f64 (f32 products are exact there).
-            for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(gamma) {
-                *dx = g * w;
-            }
-            let sum_gy = util::sum_f64(dx, |v| v as f64);
-            let sum_gy_x = util::dot_f64(dx, x);
-            let mean_gy = (sum_gy / h as f64) as f32;
-            let mean_gy_xhat = (rstd * (sum_gy_x - mean * sum_gy) / h as f64) as f32;
-            let (mean, rstd) = (mean as f32, rstd as f32);
-            let (dgamma, dbeta) = acc.split_at_mut(h);
-            let params = dgamma.iter_mut().zip(dbeta.iter_mut());
-            for ((dx, (&x, &g)), (dgamma, dbeta)) in dx.iter_mut().zip(x.iter().zip(g)).zip(params) {
-                let xhat = (x - mean) * rstd;
-                *dx = rstd * (*dx - mean_gy - xhat * mean_gy_xhat);
-                *dgamma += g * xhat;
-                *dbeta += g;
-            }
+            let rows = row * h..(row + 1) * h;
+            normalize_row_grad(dx, &x[rows.clone()], &grad[rows], gamma, acc, self.eps)
         });
         param_grads.copy_from_slice(&sums);
         Ok((CpuStorage::F32(packed), Shape::from(n + 2 * h)))
+    }
+}
+
+util::simd_fn! {
+    /// One row of the forward pass: `y = (x - mean) * rstd * gamma + beta`.
+    fn normalize_row(y: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) {
+        let (mean, rstd) = row_stats(x, eps);
+        let (mean, rstd) = (mean as f32, rstd as f32);
+        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *y = (x - mean) * rstd * g + b;
+        }
+    }
+}
+
+util::simd_fn! {
+    /// One row of the backward pass: `dx` from the output gradient `g`; `acc` (`[dgamma, dbeta]`)
+    /// accumulates the parameter gradients.
+    fn normalize_row_grad(dx: &mut [f32], x: &[f32], g: &[f32], gamma: &[f32], acc: &mut [f32], eps: f64) {
+        let h = x.len();
+        let (mean, rstd) = row_stats(x, eps);
+        // gy goes into dx first; then sum(gy * xhat) = rstd * (sum(gy * x) - mean * sum(gy)),
+        // which is exact enough in f64 (f32 products are exact there).
+        for ((dx, &g), &w) in dx.iter_mut().zip(g).zip(gamma) {
+            *dx = g * w;
+        }
+        let sum_gy = util::sum_f64(dx, |v| v as f64);
+        let sum_gy_x = util::dot_f64(dx, x);
+        let mean_gy = (sum_gy / h as f64) as f32;
+        let mean_gy_xhat = (rstd * (sum_gy_x - mean * sum_gy) / h as f64) as f32;
+        let (mean, rstd) = (mean as f32, rstd as f32);
+        let (dgamma, dbeta) = acc.split_at_mut(h);
+        let params = dgamma.iter_mut().zip(dbeta.iter_mut());
+        for ((dx, (&x, &g)), (dgamma, dbeta)) in dx.iter_mut().zip(x.iter().zip(g)).zip(params) {
+            let xhat = (x - mean) * rstd;
+            *dx = rstd * (*dx - mean_gy - xhat * mean_gy_xhat);
+            *dgamma += g * xhat;
+            *dbeta += g;
+        }
     }
 }

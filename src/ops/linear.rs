@@ -158,11 +158,7 @@ impl CustomOp3 for LinearGrad {
         }
         // db = column sums of dy, in fixed row blocks so the result does not depend on threads.
         let mut scratch = dy.to_vec();
-        let sums = util::par_rows_with_acc(&mut scratch, out, out, |_, row, acc| {
-            for (a, &v) in acc.iter_mut().zip(row.iter()) {
-                *a += v;
-            }
-        });
+        let sums = util::par_rows_with_acc(&mut scratch, out, out, |_, row, acc| util::add_into(acc, row));
         db.copy_from_slice(&sums);
         let n = packed.len();
         Ok((CpuStorage::F32(packed), Shape::from(n)))

@@ -13,11 +13,11 @@ pub mod linear;
 mod math;
 pub mod reference;
 mod softmax;
-mod util;
+pub(crate) mod util;
 
 pub use attention::fused_attention;
 pub use dropout::dropout;
-pub use gelu::{bias_gelu_erf, gelu_erf};
+pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::attention_softmax;

@@ -29,8 +29,3 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
 }
-
-/// `gelu_erf(x + bias)` with `bias` broadcast over the last dim.
-pub fn bias_gelu_erf(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.broadcast_add(bias)?.gelu_erf()
-}

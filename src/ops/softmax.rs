@@ -63,8 +63,8 @@ impl CustomOp2 for AttentionSoftmax {
     }
 }
 
+util::simd_fn! {
 /// Writes `softmax(s * scale + mask)` into `y`.
-#[inline]
 fn softmax_row(s: &[f32], mask: &[f32], scale: f32, y: &mut [f32]) {
     for ((y, &s), &m) in y.iter_mut().zip(s).zip(mask) {
         *y = s * scale + m;
@@ -82,6 +82,7 @@ fn softmax_row(s: &[f32], mask: &[f32], scale: f32, y: &mut [f32]) {
     for y in y.iter_mut() {
         *y /= sum;
     }
+}
 }
 
 /// Backward op: inputs are the forward output `y` and the output gradient `g`; the result is
@@ -103,12 +104,19 @@ impl CustomOp2 for AttentionSoftmaxBwd {
         }
         let k = l1.dims()[l1.dims().len() - 1];
         let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(k).zip(y.par_chunks(k).zip(g.par_chunks(k))).for_each(|(dx, (y, g))| {
-            let dot = util::dot_f64(y, g) as f32;
-            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *dx = self.scale * y * (g - dot);
-            }
-        });
+        dx.par_chunks_mut(k)
+            .zip(y.par_chunks(k).zip(g.par_chunks(k)))
+            .for_each(|(dx, (y, g))| softmax_row_grad(dx, y, g, self.scale));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+util::simd_fn! {
+    /// `dx = scale * y * (g - sum(g * y))` for one row.
+    fn softmax_row_grad(dx: &mut [f32], y: &[f32], g: &[f32], scale: f32) {
+        let dot = util::dot_f64(y, g) as f32;
+        for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+            *dx = scale * y * (g - dot);
+        }
     }
 }

@@ -8,6 +8,69 @@ use rayon::prelude::*;
 /// thread count) so that column sums are bit-for-bit reproducible on any machine.
 const ROW_BLOCK: usize = 32;
 
+/// Defines a kernel function compiled three times: for AVX-512, for AVX2 + FMA and for the x86-64
+/// baseline (SSE2 only), and picks the widest the CPU has at run time. The fused kernels are plain
+/// loops that the compiler vectorises; this gives them wide registers without making the binary
+/// require them. (A closure passed to a `#[target_feature]` function is not reliably inlined, so
+/// the body is pasted into each variant.)
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? $body
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? $body
+                if $crate::ops::util::has_avx512() {
+                    // SAFETY: the CPU has every feature `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if $crate::ops::util::has_avx2() {
+                    // SAFETY: the CPU has every feature `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+pub(crate) use simd_fn;
+
+/// Whether the CPU has the AVX-512 subsets the `simd_fn!` kernels are compiled for.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vl")
+}
+
+/// Whether the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+simd_fn! {
+    /// `acc += row`, elementwise.
+    pub(crate) fn add_into(acc: &mut [f32], row: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+}
+
+simd_fn! {
+    /// `sum_i a[i]^2` in f64.
+    pub(crate) fn sum_squares(a: &[f32]) -> f64 {
+        sum_f64(a, |x| (x as f64) * (x as f64))
+    }
+}
+
 /// Elements per work item in purely elementwise kernels.
 pub(crate) const ELEM_BLOCK: usize = 4096;
 
@@ -29,7 +92,7 @@ pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) 
 }
 
 /// `sum_i f(a[i])` accumulated in f64 over 8 independent lanes, so that the loop vectorises.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum_f64(a: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut lanes = [0f64; 8];
     let chunks = a.chunks_exact(8);
@@ -43,7 +106,7 @@ pub(crate) fn sum_f64(a: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 }
 
 /// Maximum of `a` (`-inf` if empty) over 8 independent lanes, so that the loop vectorises.
-#[inline]
+#[inline(always)]
 pub(crate) fn max_f32(a: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = a.chunks_exact(8);
@@ -57,7 +120,7 @@ pub(crate) fn max_f32(a: &[f32]) -> f32 {
 }
 
 /// Dot product `sum_i a[i] * b[i]` accumulated in f64 over 8 independent lanes.
-#[inline]
+#[inline(always)]
 pub(crate) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));

@@ -140,10 +140,7 @@ fn squared_norm(t: &Tensor) -> Result<f64> {
     let (storage, layout) = t.storage_and_layout();
     if let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage {
         if let Some((a, b)) = layout.contiguous_offsets() {
-            return Ok(data[a..b]
-                .par_chunks(1 << 15)
-                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                .sum());
+            return Ok(data[a..b].par_chunks(1 << 15).map(crate::ops::util::sum_squares).sum());
         }
     }
     Ok(t.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
@@ -172,7 +169,7 @@ impl Update<'_> {
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| rule.apply_chunk(p, g, m, v));
+            .for_each(|(((p, g), m), v)| apply_rule(&rule, p, g, m, v));
     }
 }
 
@@ -187,15 +184,15 @@ struct Rule {
     bc2: f32,
 }
 
-impl Rule {
-    /// The update rule on one chunk of a parameter, its gradient and moments.
-    fn apply_chunk(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+crate::ops::util::simd_fn! {
+    /// The update `rule` on one chunk of a parameter, its gradient and moments.
+    fn apply_rule(rule: &Rule, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
         let (b1, b2, eps) = (BETA1 as f32, BETA2 as f32, EPS as f32);
-        let (lr, wd, s) = (self.lr, self.wd, self.scale);
-        match self.kind {
+        let (lr, wd, s) = (rule.lr, rule.wd, rule.scale);
+        match rule.kind {
             OptimizerKind::AdamW | OptimizerKind::BertAdam => {
-                let step = lr / self.bc1;
-                let inv_bc2 = 1.0 / self.bc2;
+                let step = lr / rule.bc1;
+                let inv_bc2 = 1.0 / rule.bc2;
                 for i in 0..p.len() {
                     let gi = g[i] * s;
                     m[i] = b1 * m[i] + (1.0 - b1) * gi;
@@ -205,8 +202,8 @@ impl Rule {
                 }
             }
             OptimizerKind::Adam => {
-                let step = lr / self.bc1;
-                let inv_bc2 = 1.0 / self.bc2;
+                let step = lr / rule.bc1;
+                let inv_bc2 = 1.0 / rule.bc2;
                 for i in 0..p.len() {
                     let gi = g[i] * s + wd * p[i];
                     m[i] = b1 * m[i] + (1.0 - b1) * gi;

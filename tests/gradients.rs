@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use easynlp::data::batch::{make_batch, Example};
 use easynlp::data::tokenize::Encoded;
-use easynlp::model::bert::ForwardCtx;
+use easynlp::model::bert::{ForwardCtx, Taps};
 use easynlp::model::classifier::{init_head, Classifier};
 use easynlp::model::config::BertConfig;
 use easynlp::model::params::{read_weights, Params};
@@ -55,4 +55,49 @@ fn every_weight_gets_a_gradient() {
     let same = (e1 - e2).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(same, 0.0);
     let _ = Tensor::zeros(1, DType::F32, &dev);
+}
+
+/// The whole-layer fused op (used without attention taps) and the op-by-op path (used when the
+/// attention probabilities are kept) agree in training mode, dropout included: same logits and
+/// the same gradient for every weight (1e-5 relative; the key bias, whose gradient is zero in
+/// exact arithmetic, against an absolute floor).
+#[test]
+fn fused_layer_matches_the_op_by_op_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_bert(tmp.path(), 2, true);
+    let dev = Device::Cpu;
+    let cfg = BertConfig::load(&dir).unwrap();
+    assert!(cfg.hidden_dropout_prob > 0.0 && cfg.attention_probs_dropout_prob > 0.0);
+    let (weights, _) = read_weights(&dir, &dev).unwrap();
+    let mut params = Params::default();
+    for (k, t) in &weights {
+        params.insert(k, t).unwrap();
+    }
+    init_head(&mut params, &cfg, 2, &mut Rng::new(1), &dev).unwrap();
+    let model = Classifier::load(&cfg, &|n| params.trainable(n)).unwrap();
+    let ex = |ids: Vec<u32>, label: u32| Example {
+        enc: Encoded { type_ids: vec![0; ids.len()], ids },
+        label: Some(label),
+        teacher_logits: None,
+    };
+    let rows = [ex(vec![2, 20, 21, 22, 23, 24, 3], 0), ex(vec![2, 30, 3], 1), ex(vec![2, 50, 51, 3], 1)];
+    let refs: Vec<&Example> = rows.iter().collect();
+    let batch = make_batch(&refs, &dev).unwrap();
+    let run = |taps: Taps| {
+        let (logits, _) = model.forward_with(&batch, taps, &ForwardCtx::train(11)).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, batch.labels.as_ref().unwrap()).unwrap();
+        (logits, loss.backward().unwrap())
+    };
+    let (fused, fused_grads) = run(Taps::default());
+    let (plain, plain_grads) = run(Taps { hidden_states: false, attentions: true });
+    let rel = |a: &Tensor, b: &Tensor| {
+        let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let norm = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        diff / norm.max(1e-4)
+    };
+    assert!(rel(&fused, &plain) < 1e-5, "logits differ: {}", rel(&fused, &plain));
+    for (name, var) in params.iter() {
+        let (a, b) = (fused_grads.get(var.as_tensor()).unwrap(), plain_grads.get(var.as_tensor()).unwrap());
+        assert!(rel(a, b) < 1e-5, "{name}: gradients differ by {} (relative)", rel(a, b));
+    }
 }

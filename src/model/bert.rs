@@ -2,6 +2,7 @@
 
 use super::config::BertConfig;
 use crate::ops;
+use crate::ops::encoder_layer::{LayerDropout, LayerParams};
 use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor, D};
 use std::cell::RefCell;
@@ -204,9 +205,26 @@ impl Bert {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, l, h) = x.dims3()?;
         let heads = self.cfg.num_attention_heads;
-        let qkv =
-            x.reshape((b * l, h))?.matmul(&layer.qkv_w.t()?)?.broadcast_add(&layer.qkv_b)?.reshape((b, l, 3 * h))?;
         let p_attn = self.cfg.attention_probs_dropout_prob;
+        let p_hidden = self.cfg.hidden_dropout_prob;
+        if !keep_probs && ops::attention::supported(x) {
+            // The same seeds, drawn in the same order, as the op-by-op path below.
+            let site = |p: f64| ctx.dropout_seed(p).map(|seed| (p as f32, seed));
+            let dropout = LayerDropout { attn_probs: site(p_attn), attn_out: site(p_hidden), ffn_out: site(p_hidden) };
+            let params = LayerParams {
+                qkv: (&layer.qkv_w, &layer.qkv_b),
+                attn_out: (&layer.attn_out.w, &layer.attn_out.b),
+                attn_norm: (&layer.attn_norm.gamma, &layer.attn_norm.beta),
+                inter: (&layer.inter.w, &layer.inter.b),
+                out: (&layer.out.w, &layer.out.b),
+                out_norm: (&layer.out_norm.gamma, &layer.out_norm.beta),
+            };
+            let eps = layer.attn_norm.eps;
+            let out =
+                ops::encoder_layer(x, mask_bias, &params.flatten()?, heads, self.cfg.intermediate_size, eps, dropout)?;
+            return Ok((out, None));
+        }
+        let qkv = ops::linear(x, &layer.qkv_w, &layer.qkv_b)?;
         let (context, probs) = if !keep_probs && ops::attention::supported(&qkv) {
             let dropout = ctx.dropout_seed(p_attn).map(|seed| (p_attn as f32, seed));
             (ops::fused_attention(&qkv, mask_bias, heads, dropout)?, None)

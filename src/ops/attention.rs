@@ -35,10 +35,11 @@ pub fn supported(qkv: &Tensor) -> bool {
     util::use_fused(&[qkv])
 }
 
+/// The attention core of `heads` heads, with `dropout` `(p, seed)` of the probabilities.
 #[derive(Clone, Copy)]
-struct Attention {
-    heads: usize,
-    dropout: Option<(f32, u64)>,
+pub(crate) struct Attention {
+    pub(crate) heads: usize,
+    pub(crate) dropout: Option<(f32, u64)>,
 }
 
 /// A raw pointer that rayon tasks may share; every task writes a disjoint set of elements.
@@ -55,7 +56,7 @@ impl SharedPtr {
 }
 
 /// Shapes and the per-pair geometry shared by forward and backward.
-struct Geometry {
+pub(crate) struct Geometry {
     b: usize,
     l: usize,
     h: usize,
@@ -63,12 +64,93 @@ struct Geometry {
     scale: f32,
 }
 
+impl Geometry {
+    /// Batch `b`, length `l`, hidden size `h` split into `heads` heads.
+    pub(crate) fn new(b: usize, l: usize, h: usize, heads: usize) -> Self {
+        let dh = h / heads;
+        Geometry { b, l, h, dh, scale: 1.0 / (dh as f32).sqrt() }
+    }
+}
+
 impl Attention {
     fn geometry(&self, layout: &Layout) -> Result<Geometry> {
         let (b, l, h3) = layout.shape().dims3()?;
-        let h = h3 / 3;
-        let dh = h / self.heads;
-        Ok(Geometry { b, l, h, dh, scale: 1.0 / (dh as f32).sqrt() })
+        Ok(Geometry::new(b, l, h3 / 3, self.heads))
+    }
+
+    /// The gradient of `qkv` from the context gradient `dctx` (probabilities recomputed).
+    pub(crate) fn grad(&self, qkv: &[f32], mask: &[f32], dctx: &[f32], g: &Geometry) -> Vec<f32> {
+        let (l, h3, dh) = (g.l, 3 * g.h, g.dh);
+        let mut dqkv = vec![0f32; qkv.len()];
+        let d_ptr = SharedPtr(dqkv.as_mut_ptr());
+        (0..g.b * self.heads).into_par_iter().for_each_init(
+            || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }], vec![0f32; l * l]),
+            |(p, pd, dp), pair| {
+                let (bi, hi) = (pair / self.heads, pair % self.heads);
+                self.probs(g, qkv, mask, (bi, hi), p, pd);
+                let base = bi * l * h3;
+                let q = qkv[base + hi * dh..].as_ptr();
+                let k = qkv[base + g.h + hi * dh..].as_ptr();
+                let v = qkv[base + 2 * g.h + hi * dh..].as_ptr();
+                let dc = dctx[bi * l * g.h + hi * dh..].as_ptr();
+                let dq = unsafe { d_ptr.at(base + hi * dh) };
+                let dk = unsafe { d_ptr.at(base + g.h + hi * dh) };
+                let dv = unsafe { d_ptr.at(base + 2 * g.h + hi * dh) };
+                let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
+                unsafe {
+                    // dV = P_d^T dC: P_d^T element (j, i) is P_d[i, j].
+                    util::matmul(l, dh, l, dv, h3, false, probs.as_ptr(), (1, l), dc, (g.h, 1), 1.0, Parallelism::None);
+                    // dP_d = dC V^T.
+                    util::matmul(l, l, dh, dp.as_mut_ptr(), l, false, dc, (g.h, 1), v, (1, h3), 1.0, Parallelism::None);
+                }
+                if let Some((prob, seed)) = self.dropout {
+                    let offset = ((bi * self.heads + hi) * l * l) as u64;
+                    mask_in_place(dp, seed, offset, 1.0 - prob);
+                }
+                softmax_grad_rows(dp, p, l);
+                unsafe {
+                    // dQ = dS K * scale; dK = dS^T Q * scale.
+                    util::matmul(l, dh, l, dq, h3, false, dp.as_ptr(), (l, 1), k, (h3, 1), g.scale, Parallelism::None);
+                    util::matmul(l, dh, l, dk, h3, false, dp.as_ptr(), (1, l), q, (h3, 1), g.scale, Parallelism::None);
+                }
+            },
+        );
+        dqkv
+    }
+
+    /// The context `[B, L, H]` of packed projections `qkv` `[B, L, 3H]` under `mask` `[B, L]`.
+    pub(crate) fn context(&self, qkv: &[f32], mask: &[f32], g: &Geometry) -> Vec<f32> {
+        let (l, h3) = (g.l, 3 * g.h);
+        let mut out = vec![0f32; g.b * l * g.h];
+        let out_ptr = SharedPtr(out.as_mut_ptr());
+        (0..g.b * self.heads).into_par_iter().for_each_init(
+            || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }]),
+            |(p, pd), pair| {
+                let (bi, hi) = (pair / self.heads, pair % self.heads);
+                self.probs(g, qkv, mask, (bi, hi), p, pd);
+                let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
+                let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
+                let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
+                // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
+                unsafe {
+                    util::matmul(
+                        l,
+                        g.dh,
+                        l,
+                        dst,
+                        g.h,
+                        false,
+                        probs.as_ptr(),
+                        (l, 1),
+                        v,
+                        (h3, 1),
+                        1.0,
+                        Parallelism::None,
+                    )
+                };
+            },
+        );
+        out
     }
 
     /// Probabilities `p` (`L x L`, row-major) of pair (batch `bi`, head `hi`); returns them
@@ -98,37 +180,8 @@ impl CustomOp2 for Attention {
         let qkv = util::f32_slice(s1, l1, self.name())?;
         let mask = util::f32_slice(s2, l2, self.name())?;
         let g = self.geometry(l1)?;
-        let (l, h3) = (g.l, 3 * g.h);
-        let mut out = vec![0f32; g.b * l * g.h];
-        let out_ptr = SharedPtr(out.as_mut_ptr());
-        (0..g.b * self.heads).into_par_iter().for_each_init(
-            || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }]),
-            |(p, pd), pair| {
-                let (bi, hi) = (pair / self.heads, pair % self.heads);
-                self.probs(&g, qkv, mask, (bi, hi), p, pd);
-                let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
-                let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
-                let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
-                // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
-                unsafe {
-                    util::matmul(
-                        l,
-                        g.dh,
-                        l,
-                        dst,
-                        g.h,
-                        false,
-                        probs.as_ptr(),
-                        (l, 1),
-                        v,
-                        (h3, 1),
-                        1.0,
-                        Parallelism::None,
-                    )
-                };
-            },
-        );
-        Ok((CpuStorage::F32(out), Shape::from((g.b, l, g.h))))
+        let out = self.context(qkv, mask, &g);
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.l, g.h))))
     }
 
     fn bwd(
@@ -165,42 +218,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
         let mask = util::f32_slice(s2, l2, self.name())?;
         let dctx = util::f32_slice(s3, l3, self.name())?;
         let g = op.geometry(l1)?;
-        let (l, h3, dh) = (g.l, 3 * g.h, g.dh);
-        let mut dqkv = vec![0f32; qkv.len()];
-        let d_ptr = SharedPtr(dqkv.as_mut_ptr());
-        (0..g.b * op.heads).into_par_iter().for_each_init(
-            || (vec![0f32; l * l], vec![0f32; if op.dropout.is_some() { l * l } else { 0 }], vec![0f32; l * l]),
-            |(p, pd, dp), pair| {
-                let (bi, hi) = (pair / op.heads, pair % op.heads);
-                op.probs(&g, qkv, mask, (bi, hi), p, pd);
-                let base = bi * l * h3;
-                let q = qkv[base + hi * dh..].as_ptr();
-                let k = qkv[base + g.h + hi * dh..].as_ptr();
-                let v = qkv[base + 2 * g.h + hi * dh..].as_ptr();
-                let dc = dctx[bi * l * g.h + hi * dh..].as_ptr();
-                let dq = unsafe { d_ptr.at(base + hi * dh) };
-                let dk = unsafe { d_ptr.at(base + g.h + hi * dh) };
-                let dv = unsafe { d_ptr.at(base + 2 * g.h + hi * dh) };
-                let probs = if op.dropout.is_some() { &pd[..] } else { &p[..] };
-                unsafe {
-                    // dV = P_d^T dC: P_d^T element (j, i) is P_d[i, j].
-                    util::matmul(l, dh, l, dv, h3, false, probs.as_ptr(), (1, l), dc, (g.h, 1), 1.0, Parallelism::None);
-                    // dP_d = dC V^T.
-                    util::matmul(l, l, dh, dp.as_mut_ptr(), l, false, dc, (g.h, 1), v, (1, h3), 1.0, Parallelism::None);
-                }
-                if let Some((prob, seed)) = op.dropout {
-                    let offset = ((bi * op.heads + hi) * l * l) as u64;
-                    mask_in_place(dp, seed, offset, 1.0 - prob);
-                }
-                softmax_grad_rows(dp, p, l);
-                unsafe {
-                    // dQ = dS K * scale; dK = dS^T Q * scale.
-                    util::matmul(l, dh, l, dq, h3, false, dp.as_ptr(), (l, 1), k, (h3, 1), g.scale, Parallelism::None);
-                    util::matmul(l, dh, l, dk, h3, false, dp.as_ptr(), (1, l), q, (h3, 1), g.scale, Parallelism::None);
-                }
-            },
-        );
-        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+        Ok((CpuStorage::F32(op.grad(qkv, mask, dctx, &g)), l1.shape().clone()))
     }
 }
 

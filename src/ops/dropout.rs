@@ -47,7 +47,8 @@ struct Dropout {
     seed: u64,
 }
 
-fn apply_mask(src: &[f32], keep: f32, seed: u64) -> Vec<f32> {
+/// `src` times the dropout mask of `seed` (element index = position in `src`), in parallel.
+pub(crate) fn apply_mask(src: &[f32], keep: f32, seed: u64) -> Vec<f32> {
     let mut out = vec![0f32; src.len()];
     out.par_chunks_mut(util::ELEM_BLOCK)
         .zip(src.par_chunks(util::ELEM_BLOCK))
@@ -95,4 +96,20 @@ util::simd_fn! {
             *o = v * mask_factor(seed, base + k as u64, keep);
         }
     }
+}
+
+/// `a * mask + residual` (the mask of `seed` when `dropout` is `Some((keep, seed))`), in parallel.
+pub(crate) fn dropout_add(a: &[f32], residual: &[f32], dropout: Option<(f32, u64)>) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(util::ELEM_BLOCK)
+        .zip(a.par_chunks(util::ELEM_BLOCK).zip(residual.par_chunks(util::ELEM_BLOCK)))
+        .enumerate()
+        .for_each(|(c, (o, (a, r)))| {
+            match dropout {
+                Some((keep, seed)) => mask_into(o, a, seed, (c * util::ELEM_BLOCK) as u64, keep),
+                None => o.copy_from_slice(a),
+            }
+            util::add_into(o, r);
+        });
+    out
 }

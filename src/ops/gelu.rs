@@ -27,9 +27,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = util::f32_slice(storage, layout, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(util::ELEM_BLOCK).zip(x.par_chunks(util::ELEM_BLOCK)).for_each(|(y, x)| gelu_into(y, x));
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        Ok((CpuStorage::F32(forward(x)), layout.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -51,10 +49,8 @@ impl CustomOp2 for GeluErfBwd {
         if x.len() != g.len() {
             bail!("{}: input and gradient sizes differ", self.name());
         }
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(util::ELEM_BLOCK)
-            .zip(x.par_chunks(util::ELEM_BLOCK).zip(g.par_chunks(util::ELEM_BLOCK)))
-            .for_each(|(dx, (x, g))| gelu_grad_into(dx, x, g));
+        let mut dx = g.to_vec();
+        backward_in_place(x, &mut dx);
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -69,10 +65,22 @@ util::simd_fn! {
 }
 
 util::simd_fn! {
-    /// `dx = g * gelu'(x)`, elementwise.
-    fn gelu_grad_into(dx: &mut [f32], x: &[f32], g: &[f32]) {
-        for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-            *dx = g * gelu_grad(x);
+    /// `g *= gelu'(x)`, elementwise.
+    fn gelu_grad_in_place(g: &mut [f32], x: &[f32]) {
+        for (g, &x) in g.iter_mut().zip(x) {
+            *g *= gelu_grad(x);
         }
     }
+}
+
+/// GELU of every element of `x`, in parallel.
+pub(crate) fn forward(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(util::ELEM_BLOCK).zip(x.par_chunks(util::ELEM_BLOCK)).for_each(|(y, x)| gelu_into(y, x));
+    out
+}
+
+/// Turns the output gradient `g` into the input gradient `g * gelu'(x)`, in place, in parallel.
+pub(crate) fn backward_in_place(x: &[f32], g: &mut [f32]) {
+    g.par_chunks_mut(util::ELEM_BLOCK).zip(x.par_chunks(util::ELEM_BLOCK)).for_each(|(g, x)| gelu_grad_in_place(g, x));
 }

@@ -52,10 +52,7 @@ impl CustomOp3 for LayerNorm {
         let x = util::f32_slice(s1, l1, self.name())?;
         let gamma = util::f32_slice(s2, l2, self.name())?;
         let beta = util::f32_slice(s3, l3, self.name())?;
-        let h = gamma.len();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| normalize_row(y, x, gamma, beta, self.eps));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(forward(x, gamma, beta, self.eps)), l1.shape().clone()))
     }
 
     fn bwd(
@@ -105,11 +102,7 @@ impl CustomOp3 for LayerNormBwd {
         let (n, h) = (x.len(), gamma.len());
         let mut packed = vec![0f32; n + 2 * h];
         let (dx, param_grads) = packed.split_at_mut(n);
-        let sums = util::par_rows_with_acc(dx, h, 2 * h, |row, dx, acc| {
-            let rows = row * h..(row + 1) * h;
-            normalize_row_grad(dx, &x[rows.clone()], &grad[rows], gamma, acc, self.eps)
-        });
-        param_grads.copy_from_slice(&sums);
+        param_grads.copy_from_slice(&backward(x, gamma, grad, self.eps, dx));
         Ok((CpuStorage::F32(packed), Shape::from(n + 2 * h)))
     }
 }
@@ -150,4 +143,21 @@ util::simd_fn! {
             *dbeta += g;
         }
     }
+}
+
+/// Layer norm of the rows of `x` (of length `gamma.len()`).
+pub(crate) fn forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
+    let h = gamma.len();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| normalize_row(y, x, gamma, beta, eps));
+    out
+}
+
+/// Writes the input gradient into `dx` from the output gradient `grad`; returns `[dgamma, dbeta]`.
+pub(crate) fn backward(x: &[f32], gamma: &[f32], grad: &[f32], eps: f64, dx: &mut [f32]) -> Vec<f32> {
+    let h = gamma.len();
+    util::par_rows_with_acc(dx, h, 2 * h, |row, dx, acc| {
+        let rows = row * h..(row + 1) * h;
+        normalize_row_grad(dx, &x[rows.clone()], &grad[rows], gamma, acc, eps)
+    })
 }

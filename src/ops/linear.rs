@@ -57,28 +57,7 @@ impl CustomOp3 for Linear {
         let w = util::f32_slice(s2, l2, self.name())?;
         let b = util::f32_slice(s3, l3, self.name())?;
         let (out, inp) = l2.shape().dims2()?;
-        let rows = x.len() / inp;
-        let mut y = Vec::with_capacity(rows * out);
-        for _ in 0..rows {
-            y.extend_from_slice(b);
-        }
-        // y += x W^T: W^T element (k, j) is W[j, k].
-        unsafe {
-            util::matmul(
-                rows,
-                out,
-                inp,
-                y.as_mut_ptr(),
-                out,
-                true,
-                x.as_ptr(),
-                (inp, 1),
-                w.as_ptr(),
-                (1, inp),
-                1.0,
-                threads(),
-            )
-        };
+        let y = forward(x, w, b, out, inp);
         let mut dims = l1.shape().dims().to_vec();
         *dims.last_mut().expect("rank >= 1") = out;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -124,43 +103,85 @@ impl CustomOp3 for LinearGrad {
         let mut packed = vec![0f32; rows * inp + out * inp + out];
         let (dx, rest) = packed.split_at_mut(rows * inp);
         let (dw, db) = rest.split_at_mut(out * inp);
-        unsafe {
-            // dx = dy W.
-            util::matmul(
-                rows,
-                inp,
-                out,
-                dx.as_mut_ptr(),
-                inp,
-                false,
-                dy.as_ptr(),
-                (out, 1),
-                w.as_ptr(),
-                (inp, 1),
-                1.0,
-                threads(),
-            );
-            // dW = dy^T x: dy^T element (j, n) is dy[n, j].
-            util::matmul(
-                out,
-                inp,
-                rows,
-                dw.as_mut_ptr(),
-                inp,
-                false,
-                dy.as_ptr(),
-                (1, out),
-                x.as_ptr(),
-                (inp, 1),
-                1.0,
-                threads(),
-            );
-        }
-        // db = column sums of dy, in fixed row blocks so the result does not depend on threads.
-        let mut scratch = dy.to_vec();
-        let sums = util::par_rows_with_acc(&mut scratch, out, out, |_, row, acc| util::add_into(acc, row));
-        db.copy_from_slice(&sums);
+        backward(x, w, dy, (out, inp), dx, false, dw, db);
         let n = packed.len();
         Ok((CpuStorage::F32(packed), Shape::from(n)))
     }
+}
+
+/// `y = x W^T + b` for `x` (`rows x inp`), `w` (`out x inp`), `b` (`out`); multi-threaded GEMM into
+/// a buffer pre-filled with the bias.
+pub(crate) fn forward(x: &[f32], w: &[f32], b: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let rows = x.len() / inp;
+    let mut y = Vec::with_capacity(rows * out);
+    for _ in 0..rows {
+        y.extend_from_slice(b);
+    }
+    // y += x W^T: W^T element (k, j) is W[j, k].
+    unsafe {
+        util::matmul(
+            rows,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            out,
+            true,
+            x.as_ptr(),
+            (inp, 1),
+            w.as_ptr(),
+            (1, inp),
+            1.0,
+            threads(),
+        )
+    };
+    y
+}
+
+/// Gradients of `y = x W^T + b` from `dy`: `dx (+)= dy W` (added to `dx` when `accumulate_dx`),
+/// `dW = dy^T x`, `db = colsum(dy)`; `(out, inp)` is the shape of `w`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (out, inp): (usize, usize),
+    dx: &mut [f32],
+    accumulate_dx: bool,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let rows = x.len() / inp;
+    unsafe {
+        // dx = dy W.
+        util::matmul(
+            rows,
+            inp,
+            out,
+            dx.as_mut_ptr(),
+            inp,
+            accumulate_dx,
+            dy.as_ptr(),
+            (out, 1),
+            w.as_ptr(),
+            (inp, 1),
+            1.0,
+            threads(),
+        );
+        // dW = dy^T x: dy^T element (j, n) is dy[n, j].
+        util::matmul(
+            out,
+            inp,
+            rows,
+            dw.as_mut_ptr(),
+            inp,
+            false,
+            dy.as_ptr(),
+            (1, out),
+            x.as_ptr(),
+            (inp, 1),
+            1.0,
+            threads(),
+        );
+    }
+    db.copy_from_slice(&util::column_sums(dy, out));
 }

@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod dropout;
+pub mod encoder_layer;
 mod gelu;
 mod layer_norm;
 pub mod linear;
@@ -17,6 +18,7 @@ pub(crate) mod util;
 
 pub use attention::fused_attention;
 pub use dropout::dropout;
+pub use encoder_layer::encoder_layer;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;

@@ -161,6 +161,26 @@ where
     total
 }
 
+/// Column sums of the rows (of length `h`) of `a`, in fixed row blocks so that the result does
+/// not depend on the number of threads.
+pub(crate) fn column_sums(a: &[f32], h: usize) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = a
+        .par_chunks(ROW_BLOCK * h)
+        .map(|rows| {
+            let mut acc = vec![0f32; h];
+            for row in rows.chunks(h) {
+                add_into(&mut acc, row);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f32; h];
+    for partial in &partials {
+        add_into(&mut total, partial);
+    }
+    total
+}
+
 /// Splits a flat buffer holding several gradients back to back into views of the given shapes
 /// (no copies: the views share the buffer's storage).
 pub(crate) fn split_packed(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {

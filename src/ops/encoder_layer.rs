@@ -1,0 +1,269 @@
+//! A whole BERT encoder layer as one autograd node: self-attention, output dense, dropout,
+//! residual and LayerNorm, then the GELU feed-forward block with its own dropout, residual and
+//! LayerNorm. The forward keeps the activations the backward needs; the backward is written out by
+//! hand from the fused kernels. Compared with one candle node per operation this saves the
+//! zero-filled gradient buffer and the extra addition candle makes for every node, the residual
+//! additions as separate passes and the gradient buffers of the intermediate tensors.
+//!
+//! The layer's parameters travel as one flat tensor (see [`LayerParams::flatten`]) so that the op
+//! has three inputs: hidden states, attention mask and parameters.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use super::attention::{Attention, Geometry};
+use super::{dropout, gelu, layer_norm, linear, util};
+
+/// The parameter tensors of one layer, in the order of the flat buffer.
+pub struct LayerParams<'a> {
+    /// Query, key and value weights stacked (`[3H, H]`) and their biases (`[3H]`).
+    pub qkv: (&'a Tensor, &'a Tensor),
+    /// Attention output dense weight `[H, H]` and bias.
+    pub attn_out: (&'a Tensor, &'a Tensor),
+    /// LayerNorm after attention: gamma, beta.
+    pub attn_norm: (&'a Tensor, &'a Tensor),
+    /// Intermediate dense weight `[I, H]` and bias.
+    pub inter: (&'a Tensor, &'a Tensor),
+    /// Output dense weight `[H, I]` and bias.
+    pub out: (&'a Tensor, &'a Tensor),
+    /// LayerNorm after the feed-forward block: gamma, beta.
+    pub out_norm: (&'a Tensor, &'a Tensor),
+}
+
+impl LayerParams<'_> {
+    /// All parameters flattened and concatenated (gradients flow back to each of them).
+    pub fn flatten(&self) -> Result<Tensor> {
+        let pairs = [self.qkv, self.attn_out, self.attn_norm, self.inter, self.out, self.out_norm];
+        let parts: Vec<Tensor> =
+            pairs.iter().flat_map(|(w, b)| [w.flatten_all(), b.flatten_all()]).collect::<Result<_>>()?;
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// Dropout of one layer: probability and mask seed of the attention probabilities, of the
+/// attention output and of the feed-forward output (`None` = no dropout there).
+#[derive(Clone, Copy, Default)]
+pub struct LayerDropout {
+    /// Attention probabilities.
+    pub attn_probs: Option<(f32, u64)>,
+    /// Attention output dense, before the residual.
+    pub attn_out: Option<(f32, u64)>,
+    /// Feed-forward output dense, before the residual.
+    pub ffn_out: Option<(f32, u64)>,
+}
+
+/// Runs one encoder layer on `x` `[B, L, H]` with the additive `mask_bias` `[B, L]` and the flat
+/// parameters of [`LayerParams::flatten`]; `intermediate` is the feed-forward size. f32 CPU only
+/// (see [`super::attention::supported`]).
+pub fn encoder_layer(
+    x: &Tensor,
+    mask_bias: &Tensor,
+    flat_params: &Tensor,
+    heads: usize,
+    intermediate: usize,
+    eps: f64,
+    dropout: LayerDropout,
+) -> Result<Tensor> {
+    let (b, l, h) = x.dims3()?;
+    if h % heads != 0 || mask_bias.dims() != [b, l] {
+        bail!("encoder_layer: x {:?}, mask {:?} and {heads} heads do not fit", x.dims(), mask_bias.dims());
+    }
+    let keep = x.track_op() || flat_params.track_op();
+    let op = EncoderLayer { heads, h, i: intermediate, eps, dropout, keep, saved: Mutex::new(None) };
+    if flat_params.elem_count() != op.param_count() {
+        bail!("encoder_layer: {} parameters, expected {}", flat_params.elem_count(), op.param_count());
+    }
+    x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
+}
+
+/// The activations the backward pass reads.
+struct Saved {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    s1: Vec<f32>,
+    h1: Vec<f32>,
+    pre_gelu: Vec<f32>,
+    post_gelu: Vec<f32>,
+    s2: Vec<f32>,
+}
+
+struct EncoderLayer {
+    heads: usize,
+    h: usize,
+    i: usize,
+    eps: f64,
+    dropout: LayerDropout,
+    /// Whether to keep the activations (when a gradient may be asked for).
+    keep: bool,
+    saved: Mutex<Option<Saved>>,
+}
+
+/// Views of the flat parameter buffer.
+struct Params<'a> {
+    qkv_w: &'a [f32],
+    qkv_b: &'a [f32],
+    ao_w: &'a [f32],
+    ao_b: &'a [f32],
+    ln1_g: &'a [f32],
+    ln1_b: &'a [f32],
+    in_w: &'a [f32],
+    in_b: &'a [f32],
+    out_w: &'a [f32],
+    out_b: &'a [f32],
+    ln2_g: &'a [f32],
+    ln2_b: &'a [f32],
+}
+
+/// The CPU storage of a tensor's storage.
+fn as_cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => bail!("fused-encoder-layer: expected CPU tensors"),
+    }
+}
+
+/// `keep` and seed of a dropout site.
+fn keep_seed(d: Option<(f32, u64)>) -> Option<(f32, u64)> {
+    d.map(|(p, seed)| (1.0 - p, seed))
+}
+
+impl EncoderLayer {
+    /// Sizes of the parameters in flat order.
+    fn sizes(&self) -> [usize; 12] {
+        let (h, i) = (self.h, self.i);
+        [3 * h * h, 3 * h, h * h, h, h, h, i * h, i, h * i, h, h, h]
+    }
+
+    fn param_count(&self) -> usize {
+        self.sizes().iter().sum()
+    }
+
+    /// Splits a flat gradient buffer into the twelve parameters' gradients.
+    fn split_mut<'a>(&self, mut flat: &'a mut [f32]) -> [&'a mut [f32]; 12] {
+        self.sizes().map(|n| {
+            let (head, rest) = std::mem::take(&mut flat).split_at_mut(n);
+            flat = rest;
+            head
+        })
+    }
+
+    /// Views of the flat parameter buffer.
+    fn params<'a>(&self, mut flat: &'a [f32]) -> Params<'a> {
+        let [qkv_w, qkv_b, ao_w, ao_b, ln1_g, ln1_b, in_w, in_b, out_w, out_b, ln2_g, ln2_b] = self.sizes().map(|n| {
+            let (head, rest) = flat.split_at(n);
+            flat = rest;
+            head
+        });
+        Params { qkv_w, qkv_b, ao_w, ao_b, ln1_g, ln1_b, in_w, in_b, out_w, out_b, ln2_g, ln2_b }
+    }
+
+    fn attention(&self) -> Attention {
+        Attention { heads: self.heads, dropout: self.dropout.attn_probs.filter(|(p, _)| *p > 0.0) }
+    }
+}
+
+impl CustomOp3 for EncoderLayer {
+    fn name(&self) -> &'static str {
+        "fused-encoder-layer"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = util::f32_slice(s1, l1, self.name())?;
+        let mask = util::f32_slice(s2, l2, self.name())?;
+        let p = self.params(util::f32_slice(s3, l3, self.name())?);
+        let (b, l, h) = l1.shape().dims3()?;
+        let qkv = linear::forward(x, p.qkv_w, p.qkv_b, 3 * h, h);
+        let context = self.attention().context(&qkv, mask, &Geometry::new(b, l, h, self.heads));
+        let attn = linear::forward(&context, p.ao_w, p.ao_b, h, h);
+        let s1 = dropout::dropout_add(&attn, x, keep_seed(self.dropout.attn_out));
+        drop(attn);
+        let h1 = layer_norm::forward(&s1, p.ln1_g, p.ln1_b, self.eps);
+        let pre_gelu = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
+        let post_gelu = gelu::forward(&pre_gelu);
+        let ffn = linear::forward(&post_gelu, p.out_w, p.out_b, h, self.i);
+        let s2 = dropout::dropout_add(&ffn, &h1, keep_seed(self.dropout.ffn_out));
+        drop(ffn);
+        let out = layer_norm::forward(&s2, p.ln2_g, p.ln2_b, self.eps);
+        if self.keep {
+            *self.saved.lock().expect("not poisoned") = Some(Saved { qkv, context, s1, h1, pre_gelu, post_gelu, s2 });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = self.saved.lock().expect("not poisoned").take() else {
+            bail!("{}: no activations kept (backward ran twice, or on an untracked forward)", self.name())
+        };
+        let grad = grad.contiguous()?;
+        let (x_s, x_l) = x.storage_and_layout();
+        let (m_s, m_l) = mask.storage_and_layout();
+        let (p_s, p_l) = params.storage_and_layout();
+        let (g_s, g_l) = grad.storage_and_layout();
+        let x = util::f32_slice(as_cpu(&x_s)?, x_l, self.name())?;
+        let mask = util::f32_slice(as_cpu(&m_s)?, m_l, self.name())?;
+        let p = self.params(util::f32_slice(as_cpu(&p_s)?, p_l, self.name())?);
+        let dout = util::f32_slice(as_cpu(&g_s)?, g_l, self.name())?;
+        let (b, l, h) = x_l.shape().dims3()?;
+        let rows = b * l;
+
+        let mut dparams = vec![0f32; self.param_count()];
+        let [d_qkv_w, d_qkv_b, d_ao_w, d_ao_b, d_ln1_g, d_ln1_b, d_in_w, d_in_b, d_out_w, d_out_b, d_ln2_g, d_ln2_b] =
+            self.split_mut(&mut dparams);
+
+        // out = LN2(s2), s2 = dropout(ffn) + h1.
+        let mut ds2 = vec![0f32; rows * h];
+        let sums = layer_norm::backward(&saved.s2, p.ln2_g, dout, self.eps, &mut ds2);
+        d_ln2_g.copy_from_slice(&sums[..h]);
+        d_ln2_b.copy_from_slice(&sums[h..]);
+        drop(saved.s2);
+        let dffn = match keep_seed(self.dropout.ffn_out) {
+            Some((keep, seed)) => dropout::apply_mask(&ds2, keep, seed),
+            None => ds2.clone(),
+        };
+        // ffn = post_gelu W_out^T + b_out; the residual gradient ds2 flows into h1.
+        let mut dpost = vec![0f32; rows * self.i];
+        linear::backward(&saved.post_gelu, p.out_w, &dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
+        drop((dffn, saved.post_gelu));
+        gelu::backward_in_place(&saved.pre_gelu, &mut dpost);
+        drop(saved.pre_gelu);
+        let mut dh1 = ds2;
+        linear::backward(&saved.h1, p.in_w, &dpost, (self.i, h), &mut dh1, true, d_in_w, d_in_b);
+        drop((dpost, saved.h1));
+        // h1 = LN1(s1), s1 = dropout(attn) + x.
+        let mut ds1 = vec![0f32; rows * h];
+        let sums = layer_norm::backward(&saved.s1, p.ln1_g, &dh1, self.eps, &mut ds1);
+        d_ln1_g.copy_from_slice(&sums[..h]);
+        d_ln1_b.copy_from_slice(&sums[h..]);
+        drop((dh1, saved.s1));
+        let dattn = match keep_seed(self.dropout.attn_out) {
+            Some((keep, seed)) => dropout::apply_mask(&ds1, keep, seed),
+            None => ds1.clone(),
+        };
+        let mut dcontext = vec![0f32; rows * h];
+        linear::backward(&saved.context, p.ao_w, &dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
+        drop((dattn, saved.context));
+        let dqkv = self.attention().grad(&saved.qkv, mask, &dcontext, &Geometry::new(b, l, h, self.heads));
+        drop(dcontext);
+        let mut dx = ds1;
+        linear::backward(x, p.qkv_w, &dqkv, (3 * h, h), &mut dx, true, d_qkv_w, d_qkv_b);
+
+        let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
+        let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
+        Ok((Some(dx), None, Some(dparams)))
+    }
+}

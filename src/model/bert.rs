@@ -106,6 +106,30 @@ struct Layer {
     inter: Linear,
     out: Linear,
     out_norm: LayerNorm,
+    /// The flat parameters of the fused layer op, built once when no weight tracks gradients.
+    frozen_flat: Option<Tensor>,
+}
+
+impl Layer {
+    /// The parameters in the layout of the fused layer op.
+    fn params(&self) -> LayerParams<'_> {
+        LayerParams {
+            qkv: (&self.qkv_w, &self.qkv_b),
+            attn_out: (&self.attn_out.w, &self.attn_out.b),
+            attn_norm: (&self.attn_norm.gamma, &self.attn_norm.beta),
+            inter: (&self.inter.w, &self.inter.b),
+            out: (&self.out.w, &self.out.b),
+            out_norm: (&self.out_norm.gamma, &self.out_norm.beta),
+        }
+    }
+
+    /// The flat parameters of the fused layer op (cached for frozen weights).
+    fn flat_params(&self) -> Result<Tensor> {
+        match &self.frozen_flat {
+            Some(flat) => Ok(flat.clone()),
+            None => self.params().flatten(),
+        }
+    }
 }
 
 /// The BERT encoder: embeddings, transformer layers and optional pooler.
@@ -129,7 +153,7 @@ impl Bert {
             let part = |n: &str, t: &str| get(&format!("{p}.attention.self.{n}.{t}"));
             let qkv_w = Tensor::cat(&[part("query", "weight")?, part("key", "weight")?, part("value", "weight")?], 0)?;
             let qkv_b = Tensor::cat(&[part("query", "bias")?, part("key", "bias")?, part("value", "bias")?], 0)?;
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv_w,
                 qkv_b,
                 attn_out: Linear::load(get, &format!("{p}.attention.output.dense"))?,
@@ -137,7 +161,13 @@ impl Bert {
                 inter: Linear::load(get, &format!("{p}.intermediate.dense"))?,
                 out: Linear::load(get, &format!("{p}.output.dense"))?,
                 out_norm: LayerNorm::load(get, &format!("{p}.output.LayerNorm"), eps)?,
-            });
+                frozen_flat: None,
+            };
+            if !layer.qkv_w.track_op() && cfg.hidden_size % cfg.num_attention_heads == 0 {
+                let flat = layer.params().flatten()?;
+                layer.frozen_flat = (!flat.track_op() && ops::attention::supported(&flat)).then_some(flat);
+            }
+            layers.push(layer);
         }
         Ok(Bert {
             cfg: cfg.clone(),
@@ -211,17 +241,9 @@ impl Bert {
             // The same seeds, drawn in the same order, as the op-by-op path below.
             let site = |p: f64| ctx.dropout_seed(p).map(|seed| (p as f32, seed));
             let dropout = LayerDropout { attn_probs: site(p_attn), attn_out: site(p_hidden), ffn_out: site(p_hidden) };
-            let params = LayerParams {
-                qkv: (&layer.qkv_w, &layer.qkv_b),
-                attn_out: (&layer.attn_out.w, &layer.attn_out.b),
-                attn_norm: (&layer.attn_norm.gamma, &layer.attn_norm.beta),
-                inter: (&layer.inter.w, &layer.inter.b),
-                out: (&layer.out.w, &layer.out.b),
-                out_norm: (&layer.out_norm.gamma, &layer.out_norm.beta),
-            };
             let eps = layer.attn_norm.eps;
-            let out =
-                ops::encoder_layer(x, mask_bias, &params.flatten()?, heads, self.cfg.intermediate_size, eps, dropout)?;
+            let flat = layer.flat_params()?;
+            let out = ops::encoder_layer(x, mask_bias, &flat, heads, self.cfg.intermediate_size, eps, dropout)?;
             return Ok((out, None));
         }
         let qkv = ops::linear(x, &layer.qkv_w, &layer.qkv_b)?;

@@ -6,6 +6,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use super::util;
 
@@ -114,9 +115,16 @@ impl CustomOp3 for LinearGrad {
 pub(crate) fn forward(x: &[f32], w: &[f32], b: &[f32], out: usize, inp: usize) -> Vec<f32> {
     let rows = x.len() / inp;
     let mut y = Vec::with_capacity(rows * out);
-    for _ in 0..rows {
-        y.extend_from_slice(b);
-    }
+    // The bias in every row, written in parallel straight into the new buffer.
+    y.spare_capacity_mut()[..rows * out].par_chunks_mut(out * 64).for_each(|block| {
+        for row in block.chunks_mut(out) {
+            for (d, &s) in row.iter_mut().zip(b) {
+                d.write(s);
+            }
+        }
+    });
+    // SAFETY: the loop above initialised all `rows * out` elements.
+    unsafe { y.set_len(rows * out) };
     // y += x W^T: W^T element (k, j) is W[j, k].
     unsafe {
         util::matmul(

@@ -163,7 +163,7 @@ impl Bert {
                 out_norm: LayerNorm::load(get, &format!("{p}.output.LayerNorm"), eps)?,
                 frozen_flat: None,
             };
-            if !layer.qkv_w.track_op() && cfg.hidden_size % cfg.num_attention_heads == 0 {
+            if !layer.qkv_w.track_op() {
                 let flat = layer.params().flatten()?;
                 layer.frozen_flat = (!flat.track_op() && ops::attention::supported(&flat)).then_some(flat);
             }

@@ -65,7 +65,7 @@ pub fn encoder_layer(
     dropout: LayerDropout,
 ) -> Result<Tensor> {
     let (b, l, h) = x.dims3()?;
-    if h % heads != 0 || mask_bias.dims() != [b, l] {
+    if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
         bail!("encoder_layer: x {:?}, mask {:?} and {heads} heads do not fit", x.dims(), mask_bias.dims());
     }
     let keep = x.track_op() || flat_params.track_op();

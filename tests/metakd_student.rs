@@ -5,8 +5,9 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
-use common::{easynlp_owned, sample, stderr, tiny_bert};
+use candle_core::Device;
+use common::metakd::{self, eval_args, read_json, scalar, Tables, DOMAINS, SCHEMA};
+use common::{easynlp_owned, stderr, tiny_bert};
 use easynlp::data::batch::{make_batch, Example};
 use easynlp::data::tokenize::Encoded;
 use easynlp::metakd::student::layer_map;
@@ -19,14 +20,8 @@ use easynlp::model::params::{read_weights, Params};
 use easynlp::rng::Rng;
 use std::path::{Path, PathBuf};
 
-const DOMAINS: [&str; 4] = ["books", "dvd", "electronics", "kitchen"];
-const SCHEMA: &str = "guid:str:1,text_a:str:1,text_b:str:1,label:str:1,domain:str:1,weight:str:1";
 /// Uneven domains: per 8 rows 3 books, 2 dvd, 2 electronics, 1 kitchen.
 const PATTERN: [usize; 8] = [0, 0, 1, 2, 3, 0, 1, 2];
-
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
 
 /// A tiny BERT of `layers` layers with a head and a domain branch (plus fit_dense for a student).
 fn tiny_params(dir: &Path, layers: usize, student: bool) -> (BertConfig, Params) {
@@ -104,32 +99,9 @@ fn stage1_every_student_weight_gets_a_gradient_and_the_loss_falls() {
     assert!(last < first * 0.8, "stage-1 loss {first} -> {last}");
 }
 
-struct Tables {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    train: PathBuf,
-    dev: PathBuf,
-}
-
-/// Meta-KD tables from the sample sentiment sentences with uneven domains ([`PATTERN`]), with headers.
+/// Meta-KD tables with uneven domains ([`PATTERN`]).
 fn tables() -> Tables {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let write = |src: &str, name: &str, weights: bool| -> PathBuf {
-        let mut out = String::from("guid\ttext_a\ttext_b\tlabel\tdomain\tweight\n");
-        for (i, line) in std::fs::read_to_string(sample(src)).unwrap().lines().enumerate() {
-            let (text, label) = line.split_once('\t').unwrap();
-            let label = if label == "1" { "positive" } else { "negative" };
-            let w = if weights { format!("{}", 0.5 + (i % 7) as f64 * 0.1) } else { "0".into() };
-            out += &format!("{name}-{i}\t{text}\t\t{label}\t{}\t{w}\n", DOMAINS[PATTERN[i % 8]]);
-        }
-        let p = root.join(format!("{name}.tsv"));
-        std::fs::write(&p, out).unwrap();
-        p
-    };
-    let train = write("sentiment-train.tsv", "train_with_weights", true);
-    let dev = write("sentiment-dev.tsv", "dev_standard", false);
-    Tables { _tmp: tmp, root, train, dev }
+    metakd::tables(|i| PATTERN[i % 8])
 }
 
 fn rows_of(path: &Path, domain: &str) -> usize {
@@ -177,10 +149,6 @@ fn student_udp(model: &Path, teacher: &Path, stage: &str, genre: &str) -> String
         model.display(),
         teacher.display()
     )
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 #[test]
@@ -245,20 +213,7 @@ fn tutorial_stages_first_and_second_then_evaluate_with_genre() {
 
     // Evaluate the student on the kitchen rows of the dev table.
     let m = t.root.join("kitchen.json");
-    let out = easynlp_owned(&[
-        "--mode=evaluate".into(),
-        "--app_name=text_classify".into(),
-        format!("--tables={}", t.dev.display()),
-        format!("--input_schema={SCHEMA}"),
-        "--first_sequence=text_a".into(),
-        "--second_sequence=text_b".into(),
-        "--label_name=label".into(),
-        format!("--checkpoint_dir={}", s2.display()),
-        "--sequence_length=32".into(),
-        "--micro_batch_size=8".into(),
-        format!("--outputs={}", m.display()),
-        "--user_defined_parameters=genre=kitchen".into(),
-    ]);
+    let out = easynlp_owned(&eval_args(&t, &s2, &m, Some("genre=kitchen")));
     assert!(out.status.success(), "{}", stderr(&out));
     let j = read_json(&m);
     assert_eq!(j["genre"], "kitchen");

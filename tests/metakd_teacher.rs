@@ -4,8 +4,9 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
-use common::{easynlp_owned, sample, stderr, tiny_bert};
+use candle_core::{Device, Tensor};
+use common::metakd::{self, eval_args, read_json, scalar, Tables, DOMAINS, SCHEMA};
+use common::{easynlp_owned, stderr, tiny_bert};
 use easynlp::data::batch::{make_batch, Example};
 use easynlp::data::tokenize::Encoded;
 use easynlp::metakd::teacher::{
@@ -16,10 +17,7 @@ use easynlp::model::classifier::init_head;
 use easynlp::model::config::BertConfig;
 use easynlp::model::params::{read_weights, Params};
 use easynlp::rng::Rng;
-use std::path::{Path, PathBuf};
-
-const DOMAINS: [&str; 4] = ["books", "dvd", "electronics", "kitchen"];
-const SCHEMA: &str = "guid:str:1,text_a:str:1,text_b:str:1,label:str:1,domain:str:1,weight:str:1";
+use std::path::Path;
 
 fn ln_softmax(v: &[f64]) -> Vec<f64> {
     let m = v.iter().cloned().fold(f64::MIN, f64::max);
@@ -29,10 +27,6 @@ fn ln_softmax(v: &[f64]) -> Vec<f64> {
 
 fn t2(rows: &[Vec<f32>]) -> Tensor {
     Tensor::new(rows.to_vec(), &Device::Cpu).unwrap()
-}
-
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
 
 #[test]
@@ -142,34 +136,11 @@ fn every_meta_weight_gets_a_gradient_and_padding_is_not_averaged() {
     assert_eq!(mean[0][0], (1..5).map(|t| hv[0][t][0]).sum::<f32>() / 4.0);
 }
 
-struct Tables {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-    train: PathBuf,
-    dev: PathBuf,
-}
-
-/// Meta-KD tables from the sample sentiment sentences, domains round-robin, with headers.
+/// The Meta-KD tables with domains round-robin, and a tiny BERT in `<root>/model`.
 fn tables() -> Tables {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let model = tiny_bert(&root.join("model"), 2, true);
-    let write = |src: &str, name: &str, weights: bool| -> PathBuf {
-        let mut out = String::from("guid\ttext_a\ttext_b\tlabel\tdomain\tweight\n");
-        for (i, line) in std::fs::read_to_string(sample(src)).unwrap().lines().enumerate() {
-            let (text, label) = line.split_once('\t').unwrap();
-            let label = if label == "1" { "positive" } else { "negative" };
-            let w = if weights { format!("{}", 0.5 + (i % 7) as f64 * 0.1) } else { "0".into() };
-            out += &format!("{name}-{i}\t{text}\t\t{label}\t{}\t{w}\n", DOMAINS[i % 4]);
-        }
-        let p = root.join(format!("{name}.tsv"));
-        std::fs::write(&p, out).unwrap();
-        p
-    };
-    let train = write("sentiment-train.tsv", "train_with_weights", true);
-    let dev = write("sentiment-dev.tsv", "dev_standard", false);
-    Tables { _tmp: tmp, root, model, train, dev }
+    let t = metakd::tables(|i| i % 4);
+    tiny_bert(&t.root.join("model"), 2, true);
+    t
 }
 
 fn teacher_args(t: &Tables, ckpt: &Path, udp: &str) -> Vec<String> {
@@ -190,32 +161,8 @@ fn teacher_args(t: &Tables, ckpt: &Path, udp: &str) -> Vec<String> {
         "--save_checkpoint_steps=3".into(),
         "--sequence_length=32".into(),
         "--micro_batch_size=16".into(),
-        format!("--user_defined_parameters=pretrain_model_name_or_path={} {udp}", t.model.display()),
+        format!("--user_defined_parameters=pretrain_model_name_or_path={} {udp}", t.root.join("model").display()),
     ]
-}
-
-fn eval_args(t: &Tables, ckpt: &Path, out: &Path, udp: Option<&str>) -> Vec<String> {
-    let mut a = vec![
-        "--mode=evaluate".into(),
-        "--app_name=text_classify".into(),
-        format!("--tables={}", t.dev.display()),
-        format!("--input_schema={SCHEMA}"),
-        "--first_sequence=text_a".into(),
-        "--second_sequence=text_b".into(),
-        "--label_name=label".into(),
-        format!("--checkpoint_dir={}", ckpt.display()),
-        "--sequence_length=32".into(),
-        "--micro_batch_size=16".into(),
-        format!("--outputs={}", out.display()),
-    ];
-    if let Some(u) = udp {
-        a.push(format!("--user_defined_parameters={u}"));
-    }
-    a
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 #[test]
@@ -388,7 +335,7 @@ fn example_script_runs_the_tutorial_teacher_and_evaluates_per_domain() {
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/metakd_teacher.sh"))
         .env("EASYNLP", env!("CARGO_BIN_EXE_easynlp"))
         .env("SENTI", &t.root)
-        .env("TEACHER_MODEL", &t.model)
+        .env("TEACHER_MODEL", t.root.join("model"))
         .env("SEQ_LEN", "32")
         .env("LR", "1e-3")
         .env("GENRE", "kitchen")

@@ -57,10 +57,10 @@ fn every_weight_gets_a_gradient() {
     let _ = Tensor::zeros(1, DType::F32, &dev);
 }
 
-/// The whole-layer fused op (used without attention taps) and the op-by-op path (used when the
-/// attention probabilities are kept) agree in training mode, dropout included: same logits and
-/// the same gradient for every weight (1e-5 relative; the key bias, whose gradient is zero in
-/// exact arithmetic, against an absolute floor).
+/// The whole-layer fused op (used without attention taps; in place when no gradient is needed) and
+/// the op-by-op path (used when the attention probabilities are kept) agree in training mode,
+/// dropout included: same logits and the same gradient for every weight (1e-5 relative; the key
+/// bias, whose gradient is zero in exact arithmetic, against an absolute floor).
 #[test]
 fn fused_layer_matches_the_op_by_op_path() {
     let tmp = tempfile::tempdir().unwrap();
@@ -96,6 +96,10 @@ fn fused_layer_matches_the_op_by_op_path() {
         diff / norm.max(1e-4)
     };
     assert!(rel(&fused, &plain) < 1e-5, "logits differ: {}", rel(&fused, &plain));
+    // Frozen weights take the in-place forward (no activations kept): same logits, same dropout.
+    let frozen = Classifier::load(&cfg, &|n| params.frozen(n)).unwrap();
+    let in_place = frozen.forward(&batch, &ForwardCtx::train(11)).unwrap();
+    assert!(rel(&in_place, &fused) < 1e-6, "in-place forward differs: {}", rel(&in_place, &fused));
     for (name, var) in params.iter() {
         let (a, b) = (fused_grads.get(var.as_tensor()).unwrap(), plain_grads.get(var.as_tensor()).unwrap());
         assert!(rel(a, b) < 1e-5, "{name}: gradients differ by {} (relative)", rel(a, b));

@@ -113,3 +113,22 @@ pub(crate) fn dropout_add(a: &[f32], residual: &[f32], dropout: Option<(f32, u64
         });
     out
 }
+
+util::simd_fn! {
+    /// `a = a * mask + residual` for the mask of elements `base..base + a.len()`.
+    fn mask_add_in_place(a: &mut [f32], residual: &[f32], seed: u64, base: u64, keep: f32) {
+        for (k, (a, &r)) in a.iter_mut().zip(residual).enumerate() {
+            *a = *a * mask_factor(seed, base + k as u64, keep) + r;
+        }
+    }
+}
+
+/// `a = a * mask + residual` in place, as [`dropout_add`].
+pub(crate) fn dropout_add_in_place(a: &mut [f32], residual: &[f32], dropout: Option<(f32, u64)>) {
+    a.par_chunks_mut(util::ELEM_BLOCK).zip(residual.par_chunks(util::ELEM_BLOCK)).enumerate().for_each(
+        |(c, (a, r))| match dropout {
+            Some((keep, seed)) => mask_add_in_place(a, r, seed, (c * util::ELEM_BLOCK) as u64, keep),
+            None => util::add_into(a, r),
+        },
+    );
+}

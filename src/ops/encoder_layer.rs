@@ -157,6 +157,22 @@ impl EncoderLayer {
         Params { qkv_w, qkv_b, ao_w, ao_b, ln1_g, ln1_b, in_w, in_b, out_w, out_b, ln2_g, ln2_b }
     }
 
+    /// The rest of the forward pass after the attention core when no activations are kept:
+    /// every step overwrites its input buffer instead of allocating a new one.
+    fn forward_in_place(&self, x: &[f32], context: &[f32], p: &Params) -> Vec<f32> {
+        let h = self.h;
+        let mut h1 = linear::forward(context, p.ao_w, p.ao_b, h, h);
+        dropout::dropout_add_in_place(&mut h1, x, keep_seed(self.dropout.attn_out));
+        layer_norm::forward_in_place(&mut h1, p.ln1_g, p.ln1_b, self.eps);
+        let mut inter = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
+        gelu::forward_in_place(&mut inter);
+        let mut out = linear::forward(&inter, p.out_w, p.out_b, h, self.i);
+        drop(inter);
+        dropout::dropout_add_in_place(&mut out, &h1, keep_seed(self.dropout.ffn_out));
+        layer_norm::forward_in_place(&mut out, p.ln2_g, p.ln2_b, self.eps);
+        out
+    }
+
     fn attention(&self) -> Attention {
         Attention { heads: self.heads, dropout: self.dropout.attn_probs.filter(|(p, _)| *p > 0.0) }
     }
@@ -182,6 +198,9 @@ impl CustomOp3 for EncoderLayer {
         let (b, l, h) = l1.shape().dims3()?;
         let qkv = linear::forward(x, p.qkv_w, p.qkv_b, 3 * h, h);
         let context = self.attention().context(&qkv, mask, &Geometry::new(b, l, h, self.heads));
+        if !self.keep {
+            return Ok((CpuStorage::F32(self.forward_in_place(x, &context, &p)), l1.shape().clone()));
+        }
         let attn = linear::forward(&context, p.ao_w, p.ao_b, h, h);
         let s1 = dropout::dropout_add(&attn, x, keep_seed(self.dropout.attn_out));
         drop(attn);

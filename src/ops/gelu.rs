@@ -84,3 +84,17 @@ pub(crate) fn forward(x: &[f32]) -> Vec<f32> {
 pub(crate) fn backward_in_place(x: &[f32], g: &mut [f32]) {
     g.par_chunks_mut(util::ELEM_BLOCK).zip(x.par_chunks(util::ELEM_BLOCK)).for_each(|(g, x)| gelu_grad_in_place(g, x));
 }
+
+util::simd_fn! {
+    /// `x = gelu(x)`, elementwise.
+    fn gelu_in_place(x: &mut [f32]) {
+        for x in x.iter_mut() {
+            *x = gelu(*x);
+        }
+    }
+}
+
+/// GELU of every element of `x`, in place, in parallel.
+pub(crate) fn forward_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(util::ELEM_BLOCK).for_each(gelu_in_place);
+}

@@ -161,3 +161,19 @@ pub(crate) fn backward(x: &[f32], gamma: &[f32], grad: &[f32], eps: f64, dx: &mu
         normalize_row_grad(dx, &x[rows.clone()], &grad[rows], gamma, acc, eps)
     })
 }
+
+util::simd_fn! {
+    /// One row of the forward pass, in place.
+    fn normalize_row_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) {
+        let (mean, rstd) = row_stats(x, eps);
+        let (mean, rstd) = (mean as f32, rstd as f32);
+        for ((x, &g), &b) in x.iter_mut().zip(gamma).zip(beta) {
+            *x = (*x - mean) * rstd * g + b;
+        }
+    }
+}
+
+/// Layer norm of the rows of `x`, in place (when the input is not needed afterwards).
+pub(crate) fn forward_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) {
+    x.par_chunks_mut(gamma.len()).for_each(|x| normalize_row_in_place(x, gamma, beta, eps));
+}

@@ -69,4 +69,29 @@ fn metakd_pipeline_example_runs() {
         assert!(v["accuracy"].as_f64().is_some());
         assert!(log.contains(&format!("{genre}: accuracy ")), "{log}");
     }
+    // The results table (students alone, Meta-KD, per-domain teachers and vanilla KD) on the
+    // same prepared tables.
+    let out = Command::new("bash")
+        .arg(root.join("examples/metakd_results.sh"))
+        .env("EASYNLP", env!("CARGO_BIN_EXE_easynlp"))
+        .env("EASYNLP_SHARED", &shared)
+        .env("SENTI", work.path().join("prep/data/SENTI"))
+        .env("WORK", work.path().join("results"))
+        .env("GENRES", "books kitchen")
+        .env("STUDENT_EPOCHS", "1")
+        .env("META_EPOCHS", "1")
+        .env("TEACHER_EPOCHS", "1")
+        .env("SEQ_LEN", "32")
+        .env("BATCH", "8")
+        .output()
+        .unwrap();
+    let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "metakd_results.sh failed:\n{log}");
+    let table: Vec<&str> = log.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(table.len(), 6, "header + 5 rows:\n{log}");
+    for row in &table[1..] {
+        let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(cells.len(), 4, "{row}");
+        assert!(cells[1..].iter().all(|c| c.parse::<f64>().is_ok_and(|a| (0.0..=1.0).contains(&a))), "{row}");
+    }
 }

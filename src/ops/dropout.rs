@@ -98,22 +98,6 @@ util::simd_fn! {
     }
 }
 
-/// `a * mask + residual` (the mask of `seed` when `dropout` is `Some((keep, seed))`), in parallel.
-pub(crate) fn dropout_add(a: &[f32], residual: &[f32], dropout: Option<(f32, u64)>) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(util::ELEM_BLOCK)
-        .zip(a.par_chunks(util::ELEM_BLOCK).zip(residual.par_chunks(util::ELEM_BLOCK)))
-        .enumerate()
-        .for_each(|(c, (o, (a, r)))| {
-            match dropout {
-                Some((keep, seed)) => mask_into(o, a, seed, (c * util::ELEM_BLOCK) as u64, keep),
-                None => o.copy_from_slice(a),
-            }
-            util::add_into(o, r);
-        });
-    out
-}
-
 util::simd_fn! {
     /// `a = a * mask + residual` for the mask of elements `base..base + a.len()`.
     fn mask_add_in_place(a: &mut [f32], residual: &[f32], seed: u64, base: u64, keep: f32) {
@@ -123,7 +107,8 @@ util::simd_fn! {
     }
 }
 
-/// `a = a * mask + residual` in place, as [`dropout_add`].
+/// `a = a * mask + residual` in place (the mask of `seed` when `dropout` is `Some((keep, seed))`),
+/// in parallel.
 pub(crate) fn dropout_add_in_place(a: &mut [f32], residual: &[f32], dropout: Option<(f32, u64)>) {
     a.par_chunks_mut(util::ELEM_BLOCK).zip(residual.par_chunks(util::ELEM_BLOCK)).enumerate().for_each(
         |(c, (a, r))| match dropout {

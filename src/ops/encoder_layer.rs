@@ -201,19 +201,15 @@ impl CustomOp3 for EncoderLayer {
         if !self.keep {
             return Ok((CpuStorage::F32(self.forward_in_place(x, &context, &p)), l1.shape().clone()));
         }
-        let attn = linear::forward(&context, p.ao_w, p.ao_b, h, h);
-        let s1 = dropout::dropout_add(&attn, x, keep_seed(self.dropout.attn_out));
-        drop(attn);
+        let mut s1 = linear::forward(&context, p.ao_w, p.ao_b, h, h);
+        dropout::dropout_add_in_place(&mut s1, x, keep_seed(self.dropout.attn_out));
         let h1 = layer_norm::forward(&s1, p.ln1_g, p.ln1_b, self.eps);
         let pre_gelu = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
         let post_gelu = gelu::forward(&pre_gelu);
-        let ffn = linear::forward(&post_gelu, p.out_w, p.out_b, h, self.i);
-        let s2 = dropout::dropout_add(&ffn, &h1, keep_seed(self.dropout.ffn_out));
-        drop(ffn);
+        let mut s2 = linear::forward(&post_gelu, p.out_w, p.out_b, h, self.i);
+        dropout::dropout_add_in_place(&mut s2, &h1, keep_seed(self.dropout.ffn_out));
         let out = layer_norm::forward(&s2, p.ln2_g, p.ln2_b, self.eps);
-        if self.keep {
-            *self.saved.lock().expect("not poisoned") = Some(Saved { qkv, context, s1, h1, pre_gelu, post_gelu, s2 });
-        }
+        *self.saved.lock().expect("not poisoned") = Some(Saved { qkv, context, s1, h1, pre_gelu, post_gelu, s2 });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -250,14 +246,18 @@ impl CustomOp3 for EncoderLayer {
         d_ln2_g.copy_from_slice(&sums[..h]);
         d_ln2_b.copy_from_slice(&sums[h..]);
         drop(saved.s2);
+        let masked;
         let dffn = match keep_seed(self.dropout.ffn_out) {
-            Some((keep, seed)) => dropout::apply_mask(&ds2, keep, seed),
-            None => ds2.clone(),
+            Some((keep, seed)) => {
+                masked = dropout::apply_mask(&ds2, keep, seed);
+                &masked[..]
+            }
+            None => &ds2[..],
         };
         // ffn = post_gelu W_out^T + b_out; the residual gradient ds2 flows into h1.
         let mut dpost = vec![0f32; rows * self.i];
-        linear::backward(&saved.post_gelu, p.out_w, &dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
-        drop((dffn, saved.post_gelu));
+        linear::backward(&saved.post_gelu, p.out_w, dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
+        drop(saved.post_gelu);
         gelu::backward_in_place(&saved.pre_gelu, &mut dpost);
         drop(saved.pre_gelu);
         let mut dh1 = ds2;
@@ -269,13 +269,17 @@ impl CustomOp3 for EncoderLayer {
         d_ln1_g.copy_from_slice(&sums[..h]);
         d_ln1_b.copy_from_slice(&sums[h..]);
         drop((dh1, saved.s1));
+        let masked;
         let dattn = match keep_seed(self.dropout.attn_out) {
-            Some((keep, seed)) => dropout::apply_mask(&ds1, keep, seed),
-            None => ds1.clone(),
+            Some((keep, seed)) => {
+                masked = dropout::apply_mask(&ds1, keep, seed);
+                &masked[..]
+            }
+            None => &ds1[..],
         };
         let mut dcontext = vec![0f32; rows * h];
-        linear::backward(&saved.context, p.ao_w, &dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
-        drop((dattn, saved.context));
+        linear::backward(&saved.context, p.ao_w, dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
+        drop(saved.context);
         let dqkv = self.attention().grad(&saved.qkv, mask, &dcontext, &Geometry::new(b, l, h, self.heads));
         drop(dcontext);
         let mut dx = ds1;

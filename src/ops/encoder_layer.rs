@@ -122,6 +122,17 @@ fn as_cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
     }
 }
 
+/// `g` times the dropout mask of site `d` (`g` itself without dropout); `buf` holds the product.
+fn masked<'a>(g: &'a [f32], d: Option<(f32, u64)>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match keep_seed(d) {
+        Some((keep, seed)) => {
+            *buf = dropout::apply_mask(g, keep, seed);
+            buf
+        }
+        None => g,
+    }
+}
+
 /// `keep` and seed of a dropout site.
 fn keep_seed(d: Option<(f32, u64)>) -> Option<(f32, u64)> {
     d.map(|(p, seed)| (1.0 - p, seed))
@@ -246,14 +257,8 @@ impl CustomOp3 for EncoderLayer {
         d_ln2_g.copy_from_slice(&sums[..h]);
         d_ln2_b.copy_from_slice(&sums[h..]);
         drop(saved.s2);
-        let masked;
-        let dffn = match keep_seed(self.dropout.ffn_out) {
-            Some((keep, seed)) => {
-                masked = dropout::apply_mask(&ds2, keep, seed);
-                &masked[..]
-            }
-            None => &ds2[..],
-        };
+        let mut buf = Vec::new();
+        let dffn = masked(&ds2, self.dropout.ffn_out, &mut buf);
         // ffn = post_gelu W_out^T + b_out; the residual gradient ds2 flows into h1.
         let mut dpost = vec![0f32; rows * self.i];
         linear::backward(&saved.post_gelu, p.out_w, dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
@@ -269,14 +274,8 @@ impl CustomOp3 for EncoderLayer {
         d_ln1_g.copy_from_slice(&sums[..h]);
         d_ln1_b.copy_from_slice(&sums[h..]);
         drop((dh1, saved.s1));
-        let masked;
-        let dattn = match keep_seed(self.dropout.attn_out) {
-            Some((keep, seed)) => {
-                masked = dropout::apply_mask(&ds1, keep, seed);
-                &masked[..]
-            }
-            None => &ds1[..],
-        };
+        let mut buf = Vec::new();
+        let dattn = masked(&ds1, self.dropout.attn_out, &mut buf);
         let mut dcontext = vec![0f32; rows * h];
         linear::backward(&saved.context, p.ao_w, dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
         drop(saved.context);

@@ -2,8 +2,8 @@
 //! BERT encoder, for the prototype weights.
 //!
 //! Each review is encoded alone (`[CLS] review [SEP]`, truncated to `--sequence_length`). Its
-//! embedding is the mean of the last hidden states over its real tokens **after [CLS]**, i.e. the
-//! word pieces and the final [SEP]. This is EasyNLP's choice (`last_hidden_state[:, 1:, :].mean`)
+//! embedding is the mean of the last hidden states over its real tokens **after `[CLS]`**, i.e. the
+//! word pieces and the final `[SEP]`. This is EasyNLP's choice (`last_hidden_state[:, 1:, :].mean`)
 //! without its bug: padding positions are excluded, so a row's embedding does not depend on the
 //! batch it is in, and equals EasyNLP's for a row that needs no padding.
 

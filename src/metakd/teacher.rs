@@ -3,9 +3,9 @@
 //! domain-corruption objective and per-instance prototype weights.
 //!
 //! Model: `logits = classifier(relu(pooler_output))` (no dropout before the classifier), and a
-//! domain branch `domain_logits = domain_classifier(dropout(tanh(corrupt_dense(domain_embedding[d]
-//! + content))))` where `content` is the mean of the last hidden states over the real tokens after
-//! `[CLS]` (EasyNLP also averages the padding). Loss per instance:
+//! domain branch `domain_logits = domain_classifier(dropout(tanh(corrupt_dense(e_d + content))))`
+//! (`e_d` the domain's embedding) where `content` is the mean of the last hidden states over the
+//! real tokens after `[CLS]` (EasyNLP also averages the padding). Loss per instance:
 //! `l_i = CE(logits_i, y_i) + domain_loss_weight * CE(domain_logits_i, pi(d)_i)` with `pi` a seeded
 //! random permutation of the batch's domain ids, then `mean_i(w_i * l_i)` with
 //! `use_sample_weights=True` (`w_i` = the `weight` column) else `mean_i(l_i)`.

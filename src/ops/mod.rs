@@ -1,11 +1,11 @@
 //! Fused CPU kernels (candle custom ops with hand-written, themselves fused, backward passes)
-//! for BERT: the whole encoder layer as one op ([`encoder_layer`]), and the pieces it is built
+//! for BERT: the whole encoder layer as one op ([`encoder_layer()`]), and the pieces it is built
 //! from, also used op by op where the attention probabilities are needed: attention core, dense
 //! layer, attention softmax, layer norm, GELU and dropout.
 //!
 //! Each public function runs the fused kernel for f32 tensors on the CPU and otherwise falls
-//! back to the equivalent [`reference`] implementation built from candle primitives, so other
-//! devices (CUDA) keep working; [`encoder_layer`] and [`fused_attention`] are CPU-only and their
+//! back to the equivalent [`reference`](mod@reference) implementation built from candle primitives, so other
+//! devices (CUDA) keep working; [`encoder_layer()`] and [`fused_attention()`] are CPU-only and their
 //! callers check [`attention::supported`] first. Kernels parallelise over rows with rayon; the element- and
 //! row-wise loops are compiled for AVX-512, AVX2 + FMA and baseline x86-64 (`util::simd_fn!`).
 

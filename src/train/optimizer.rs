@@ -87,12 +87,14 @@ impl Optimizer {
             };
             let grad = grad.contiguous()?;
             let update = Update {
-                kind: self.kind,
-                lr: sp.lr as f32,
-                wd: if slot.decay { self.weight_decay as f32 } else { 0.0 },
-                scale: sp.grad_scale as f32,
-                bc1: bc1 as f32,
-                bc2: bc2 as f32,
+                rule: Rule {
+                    kind: self.kind,
+                    lr: sp.lr as f32,
+                    wd: if slot.decay { self.weight_decay as f32 } else { 0.0 },
+                    scale: sp.grad_scale as f32,
+                    bc1: bc1 as f32,
+                    bc2: bc2 as f32,
+                },
                 m: RefCell::new(&mut slot.m),
                 v: RefCell::new(&mut slot.v),
             };
@@ -147,12 +149,7 @@ fn squared_norm(t: &Tensor) -> Result<f64> {
 }
 
 struct Update<'a> {
-    kind: OptimizerKind,
-    lr: f32,
-    wd: f32,
-    scale: f32,
-    bc1: f32,
-    bc2: f32,
+    rule: Rule,
     m: RefCell<&'a mut Vec<f32>>,
     v: RefCell<&'a mut Vec<f32>>,
 }
@@ -164,12 +161,12 @@ impl Update<'_> {
         const CHUNK: usize = 1 << 15;
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
-        let rule = Rule { kind: self.kind, lr: self.lr, wd: self.wd, scale: self.scale, bc1: self.bc1, bc2: self.bc2 };
+        let rule = &self.rule; // the closure must not capture `self`, whose RefCells are not Sync
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| apply_rule(&rule, p, g, m, v));
+            .for_each(|(((p, g), m), v)| apply_rule(rule, p, g, m, v));
     }
 }
 
@@ -228,19 +225,20 @@ impl Update<'_> {
         let mut v = self.v.borrow_mut();
         let shape = var.shape().clone();
         let p = var.as_tensor().detach();
-        let g = (grad * self.scale as f64)?;
+        let r = self.rule;
+        let g = (grad * r.scale as f64)?;
         let mt = Tensor::from_slice(m.as_slice(), shape.clone(), dev)?;
         let vt = Tensor::from_slice(v.as_slice(), shape.clone(), dev)?;
         let (b1, b2) = (BETA1, BETA2);
-        let (lr, wd) = (self.lr as f64, self.wd as f64);
-        let new_p = match self.kind {
+        let (lr, wd) = (r.lr as f64, r.wd as f64);
+        let new_p = match r.kind {
             OptimizerKind::Sgd => (&p - ((&g + (&p * wd)?)? * lr)?)?,
             kind => {
                 let g = if kind == OptimizerKind::Adam { (&g + (&p * wd)?)? } else { g };
                 let m2 = ((&mt * b1)? + (&g * (1.0 - b1))?)?;
                 let v2 = ((&vt * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-                let denom = ((&v2 / self.bc2 as f64)?.sqrt()? + EPS)?;
-                let mut np = (&p - ((&m2 / denom)? * (lr / self.bc1 as f64))?)?;
+                let denom = ((&v2 / r.bc2 as f64)?.sqrt()? + EPS)?;
+                let mut np = (&p - ((&m2 / denom)? * (lr / r.bc1 as f64))?)?;
                 if kind != OptimizerKind::Adam {
                     np = (&np - (&np * (lr * wd))?)?;
                 }

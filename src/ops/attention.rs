@@ -10,7 +10,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::dropout::{mask_factor, mask_into};
+use super::dropout::{mask_in_place, mask_into};
 use super::{math, util};
 
 /// Attention context `[B, L, H]` from packed projections `qkv` `[B, L, 3H]` (query, key, value
@@ -233,15 +233,6 @@ util::simd_fn! {
             row.iter_mut().for_each(|s| *s = math::exp(*s - max));
             let inv = (1.0 / util::sum_f64(row, |x| x as f64)) as f32;
             row.iter_mut().for_each(|s| *s *= inv);
-        }
-    }
-}
-
-util::simd_fn! {
-    /// `d *= mask` for the dropout mask of elements `offset..offset + d.len()`.
-    fn mask_in_place(d: &mut [f32], seed: u64, offset: u64, keep: f32) {
-        for (i, d) in d.iter_mut().enumerate() {
-            *d *= mask_factor(seed, offset + i as u64, keep);
         }
     }
 }

@@ -117,3 +117,12 @@ pub(crate) fn dropout_add_in_place(a: &mut [f32], residual: &[f32], dropout: Opt
         },
     );
 }
+
+util::simd_fn! {
+    /// `d *= mask` for the dropout mask of elements `offset..offset + d.len()`.
+    pub(crate) fn mask_in_place(d: &mut [f32], seed: u64, offset: u64, keep: f32) {
+        for (i, d) in d.iter_mut().enumerate() {
+            *d *= mask_factor(seed, offset + i as u64, keep);
+        }
+    }
+}

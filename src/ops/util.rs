@@ -152,13 +152,7 @@ where
             acc
         })
         .collect();
-    let mut total = vec![0f32; acc_len];
-    for partial in &partials {
-        for (t, &p) in total.iter_mut().zip(partial) {
-            *t += p;
-        }
-    }
-    total
+    sum_in_order(&partials, acc_len)
 }
 
 /// Column sums of the rows (of length `h`) of `a`, in fixed row blocks so that the result does
@@ -174,8 +168,13 @@ pub(crate) fn column_sums(a: &[f32], h: usize) -> Vec<f32> {
             acc
         })
         .collect();
-    let mut total = vec![0f32; h];
-    for partial in &partials {
+    sum_in_order(&partials, h)
+}
+
+/// The elementwise sum of per-block partial results (each of `len` values), added in block order.
+fn sum_in_order(partials: &[Vec<f32>], len: usize) -> Vec<f32> {
+    let mut total = vec![0f32; len];
+    for partial in partials {
         add_into(&mut total, partial);
     }
     total

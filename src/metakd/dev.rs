@@ -14,19 +14,8 @@ use anyhow::Result;
 pub fn run(cfg: &PrepConfig) -> Result<()> {
     let rows = read_senti(&cfg.input, &cfg.domains)?;
     let prefix = guid_prefix(&cfg.input);
-    let out: Vec<MetaRow> = rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| MetaRow {
-            line: r.line,
-            guid: format!("{prefix}-{i}"),
-            text_a: r.review,
-            text_b: String::new(),
-            label: r.sentiment,
-            domain: r.domain,
-            last: "0".to_string(),
-        })
-        .collect();
+    let out: Vec<MetaRow> =
+        rows.into_iter().enumerate().map(|(i, r)| MetaRow::from_senti(r, &prefix, i, "0".to_string())).collect();
     write_files_atomic(&[(cfg.output.clone(), format_meta("weight", &out))])?;
     logging::info(format!("wrote {} rows to {}", out.len(), cfg.output.display()));
     Ok(())

@@ -117,14 +117,8 @@ pub fn run(cfg: &PrepConfig) -> Result<()> {
         .into_iter()
         .zip(embeddings)
         .enumerate()
-        .map(|(i, (r, e))| MetaRow {
-            line: r.line,
-            guid: format!("{prefix}-{i}"),
-            text_a: r.review,
-            text_b: String::new(),
-            label: r.sentiment,
-            domain: r.domain,
-            last: e.iter().map(|v| numpy_f32(*v)).collect::<Vec<_>>().join(" "),
+        .map(|(i, (r, e))| {
+            MetaRow::from_senti(r, &prefix, i, e.iter().map(|v| numpy_f32(*v)).collect::<Vec<_>>().join(" "))
         })
         .collect();
     write_files_atomic(&[(cfg.output.clone(), format_meta("embeddings", &out))])?;

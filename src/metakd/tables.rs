@@ -43,6 +43,22 @@ pub struct MetaRow {
     pub last: String,
 }
 
+impl MetaRow {
+    /// Row `i` of a generated table whose ids start with `prefix`: review `r` as a single
+    /// sentence, with `last` in the last column.
+    pub fn from_senti(r: SentiRow, prefix: &str, i: usize, last: String) -> Self {
+        MetaRow {
+            line: r.line,
+            guid: format!("{prefix}-{i}"),
+            text_a: r.review,
+            text_b: String::new(),
+            label: r.sentiment,
+            domain: r.domain,
+            last,
+        }
+    }
+}
+
 /// The stem used in generated row ids: the file name up to its first `.` (`train.tsv` -> `train`).
 pub fn guid_prefix(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::Device;
-use common::metakd::{self, eval_args, read_json, scalar, Tables, DOMAINS, SCHEMA};
+use common::metakd::{self, eval_args, read_json, scalar, train_args, Tables, DOMAINS};
 use common::{easynlp_owned, stderr, tiny_bert};
 use easynlp::data::batch::{make_batch, Example};
 use easynlp::data::tokenize::Encoded;
@@ -106,28 +106,6 @@ fn tables() -> Tables {
 
 fn rows_of(path: &Path, domain: &str) -> usize {
     std::fs::read_to_string(path).unwrap().lines().skip(1).filter(|l| l.split('\t').nth(4) == Some(domain)).count()
-}
-
-fn train_args(t: &Tables, ckpt: &Path, extra: &[&str], udp: &str) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "--mode=train".into(),
-        "--app_name=text_classify".into(),
-        format!("--tables={},{}", t.train.display(), t.dev.display()),
-        format!("--input_schema={SCHEMA}"),
-        "--first_sequence=text_a".into(),
-        "--second_sequence=text_b".into(),
-        "--label_name=label".into(),
-        "--label_enumerate_values=positive,negative".into(),
-        format!("--checkpoint_dir={}", ckpt.display()),
-        "--learning_rate=1e-3".into(),
-        "--random_seed=42".into(),
-        "--logging_steps=1".into(),
-        "--sequence_length=32".into(),
-        "--micro_batch_size=8".into(),
-        format!("--user_defined_parameters={udp}"),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
 }
 
 /// Trains a meta-teacher of `layers` layers through the binary.

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::metakd::{self, eval_args, read_json, scalar, Tables, DOMAINS, SCHEMA};
+use common::metakd::{self, eval_args, read_json, scalar, train_args, Tables, DOMAINS, SCHEMA};
 use common::{easynlp_owned, stderr, tiny_bert};
 use easynlp::data::batch::{make_batch, Example};
 use easynlp::data::tokenize::Encoded;
@@ -143,26 +143,10 @@ fn tables() -> Tables {
     t
 }
 
+/// The tutorial's meta-teacher flags on the tables, with `udp` after the model.
 fn teacher_args(t: &Tables, ckpt: &Path, udp: &str) -> Vec<String> {
-    vec![
-        "--mode=train".into(),
-        "--app_name=text_classify".into(),
-        format!("--tables={},{}", t.train.display(), t.dev.display()),
-        format!("--input_schema={SCHEMA}"),
-        "--first_sequence=text_a".into(),
-        "--second_sequence=text_b".into(),
-        "--label_name=label".into(),
-        "--label_enumerate_values=positive,negative".into(),
-        format!("--checkpoint_dir={}", ckpt.display()),
-        "--learning_rate=1e-3".into(),
-        "--epoch_num=1".into(),
-        "--random_seed=42".into(),
-        "--logging_steps=2".into(),
-        "--save_checkpoint_steps=3".into(),
-        "--sequence_length=32".into(),
-        "--micro_batch_size=16".into(),
-        format!("--user_defined_parameters=pretrain_model_name_or_path={} {udp}", t.root.join("model").display()),
-    ]
+    let extra = ["--epoch_num=1", "--logging_steps=2", "--save_checkpoint_steps=3", "--micro_batch_size=16"];
+    train_args(t, ckpt, &extra, &format!("pretrain_model_name_or_path={} {udp}", t.root.join("model").display()))
 }
 
 #[test]

@@ -40,6 +40,29 @@ pub fn tables(domain_of: impl Fn(usize) -> usize) -> Tables {
     Tables { _tmp: tmp, root, train, dev }
 }
 
+/// `--mode=train` flags on the tables with `udp`, then `extra` (a repeated flag takes its last value).
+pub fn train_args(t: &Tables, ckpt: &Path, extra: &[&str], udp: &str) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--mode=train".into(),
+        "--app_name=text_classify".into(),
+        format!("--tables={},{}", t.train.display(), t.dev.display()),
+        format!("--input_schema={SCHEMA}"),
+        "--first_sequence=text_a".into(),
+        "--second_sequence=text_b".into(),
+        "--label_name=label".into(),
+        "--label_enumerate_values=positive,negative".into(),
+        format!("--checkpoint_dir={}", ckpt.display()),
+        "--learning_rate=1e-3".into(),
+        "--random_seed=42".into(),
+        "--logging_steps=1".into(),
+        "--sequence_length=32".into(),
+        "--micro_batch_size=8".into(),
+        format!("--user_defined_parameters={udp}"),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
 /// `--mode=evaluate` flags for `ckpt` on the dev table, metrics to `out`, optional udp.
 pub fn eval_args(t: &Tables, ckpt: &Path, out: &Path, udp: Option<&str>) -> Vec<String> {
     let mut a = vec![

@@ -89,7 +89,7 @@ fn fused_layer_matches_the_op_by_op_path() {
         (logits, loss.backward().unwrap())
     };
     let (fused, fused_grads) = run(Taps::default());
-    let (plain, plain_grads) = run(Taps { hidden_states: false, attentions: true });
+    let (plain, plain_grads) = run(Taps { hidden_states: false, attentions: true, first_position_only: false });
     let rel = |a: &Tensor, b: &Tensor| {
         let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
         let norm = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
@@ -100,6 +100,13 @@ fn fused_layer_matches_the_op_by_op_path() {
     let frozen = Classifier::load(&cfg, &|n| params.frozen(n)).unwrap();
     let in_place = frozen.forward(&batch, &ForwardCtx::train(11)).unwrap();
     assert!(rel(&in_place, &fused) < 1e-6, "in-place forward differs: {}", rel(&in_place, &fused));
+    // At inference the classifier's last layer computes the [CLS] position alone: same logits
+    // as the whole last layer, padded rows included.
+    let eval = ForwardCtx::eval();
+    let (whole, out) = frozen.forward_with(&batch, Taps::default(), &eval).unwrap();
+    assert_eq!(out.last_hidden.dims()[1], 7);
+    let first = frozen.forward(&batch, &eval).unwrap();
+    assert!(rel(&first, &whole) < 1e-6, "first-position last layer differs: {}", rel(&first, &whole));
     for (name, var) in params.iter() {
         let (a, b) = (fused_grads.get(var.as_tensor()).unwrap(), plain_grads.get(var.as_tensor()).unwrap());
         assert!(rel(a, b) < 1e-5, "{name}: gradients differ by {} (relative)", rel(a, b));

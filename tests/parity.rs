@@ -70,7 +70,7 @@ fn check_encoder(name: &str, with_pooler: bool) {
     let ids = reference["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
     let types = reference["token_type_ids"].to_dtype(candle_core::DType::U32).unwrap();
     let mask = reference["attention_mask"].to_dtype(candle_core::DType::F32).unwrap();
-    let taps = Taps { hidden_states: true, attentions: true };
+    let taps = Taps { hidden_states: true, attentions: true, first_position_only: false };
     let out = bert.forward(&ids, &types, &mask, taps, &ForwardCtx::eval()).unwrap();
     let d_last = max_masked_diff(&out.last_hidden, &reference["last_hidden_state"], &mask);
     let d_emb = max_masked_diff(&out.hidden_states[0], &reference["hidden_state_0"], &mask);
@@ -86,11 +86,21 @@ fn check_encoder(name: &str, with_pooler: bool) {
     assert!(d_last < 1e-4, "{name} last_hidden_state differs by {d_last}");
     assert!(d_emb < 1e-4, "{name} hidden_state_0 differs by {d_emb}");
     assert!(d_att < 1e-4, "{name} attention_last_layer differs by {d_att}");
+    // When only the pooler reads the last layer, that layer computes the first position alone.
+    let first = Taps { first_position_only: true, ..Taps::default() };
+    let first = bert.forward(&ids, &types, &mask, first, &ForwardCtx::eval()).unwrap();
+    assert_eq!(first.last_hidden.dims(), [mask.dim(0).unwrap(), 1, cfg.hidden_size]);
+    let ones = Tensor::ones(mask.dim(0).unwrap(), candle_core::DType::F32, &dev).unwrap();
+    let ref_first = reference["last_hidden_state"].narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    let d_first = max_masked_diff(&first.last_hidden.squeeze(1).unwrap(), &ref_first, &ones);
+    eprintln!("{name}: first position only {d_first:.2e}");
+    assert!(d_first < 1e-4, "{name} first-position last layer differs by {d_first}");
     if with_pooler {
-        let ones = Tensor::ones(mask.dim(0).unwrap(), candle_core::DType::F32, &dev).unwrap();
         let d_pool = max_masked_diff(out.pooled.as_ref().unwrap(), &reference["pooler_output"], &ones);
-        eprintln!("{name}: pooler {d_pool:.2e}");
+        let d_first_pool = max_masked_diff(first.pooled.as_ref().unwrap(), &reference["pooler_output"], &ones);
+        eprintln!("{name}: pooler {d_pool:.2e} (first position only {d_first_pool:.2e})");
         assert!(d_pool < 1e-4, "{name} pooler_output differs by {d_pool}");
+        assert!(d_first_pool < 1e-4, "{name} first-position pooler_output differs by {d_first_pool}");
     }
 }
 

@@ -162,7 +162,7 @@ impl DomainModel {
         domain_ids: &Tensor,
         ctx: &ForwardCtx,
     ) -> candle_core::Result<(Tensor, EncoderOutput, Tensor)> {
-        let taps = Taps { hidden_states: true, attentions: true };
+        let taps = Taps { hidden_states: true, attentions: true, first_position_only: false };
         let (logits, out) = self.classifier.forward_with(batch, taps, ctx)?;
         let content = content_mean(&out.last_hidden, &batch.attention_mask)?;
         let emb = self.domain_embedding.index_select(domain_ids, 0)?;

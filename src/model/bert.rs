@@ -49,11 +49,15 @@ pub struct Taps {
     pub hidden_states: bool,
     /// Keep every layer's attention probabilities.
     pub attentions: bool,
+    /// The caller reads only the first (`[CLS]`) position of the last layer, as the pooler
+    /// does: at inference without other taps the last layer then computes that position alone
+    /// and `last_hidden` is `[B, 1, H]`.
+    pub first_position_only: bool,
 }
 
 /// Outputs of the encoder.
 pub struct EncoderOutput {
-    /// `[B, L, H]` output of the last layer.
+    /// `[B, L, H]` output of the last layer (`[B, 1, H]` under `Taps::first_position_only`).
     pub last_hidden: Tensor,
     /// With `Taps::hidden_states`: embeddings output then each layer's output (L+1 tensors).
     pub hidden_states: Vec<Tensor>,
@@ -208,7 +212,15 @@ impl Bert {
         if taps.hidden_states {
             hidden_states.push(x.clone());
         }
-        for layer in &self.layers {
+        // Only the pooler reads the last layer: at inference it computes the first position alone.
+        let first_position_last = taps.first_position_only && !taps.hidden_states && !taps.attentions && !ctx.train;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let last = i + 1 == self.layers.len();
+            if let Some(flat) = layer.frozen_flat.as_ref().filter(|_| last && first_position_last && !x.track_op()) {
+                let (heads, inter) = (self.cfg.num_attention_heads, self.cfg.intermediate_size);
+                x = ops::encoder_layer_first_position(&x, &mask_bias, flat, heads, inter, layer.attn_norm.eps)?;
+                continue;
+            }
             let (out, probs) = self.layer_forward(layer, &x, &mask_bias, taps.attentions, ctx)?;
             x = out;
             if taps.hidden_states {

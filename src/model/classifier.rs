@@ -40,7 +40,7 @@ impl Classifier {
 
     /// Logits `[B, num_labels]` for a batch.
     pub fn forward(&self, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
-        Ok(self.forward_with(batch, Taps::default(), ctx)?.0)
+        Ok(self.forward_with(batch, Taps { first_position_only: true, ..Taps::default() }, ctx)?.0)
     }
 
     /// Logits plus the encoder outputs kept by `taps`.

@@ -153,6 +153,33 @@ impl Attention {
         out
     }
 
+    /// The context `[B, H]` of the first ([CLS]) query of each row only: `q` `[B, H]` holds those
+    /// queries, `kv` `[B, L, 2H]` the keys and values of every position (no dropout).
+    pub(crate) fn first_query_context(&self, q: &[f32], kv: &[f32], mask: &[f32], g: &Geometry) -> Vec<f32> {
+        let (l, h, dh) = (g.l, g.h, g.dh);
+        let mut out = vec![0f32; g.b * h];
+        out.par_chunks_mut(h).enumerate().for_each_init(
+            || vec![0f32; l],
+            |scores, (bi, ctx)| {
+                let kv = &kv[bi * l * 2 * h..(bi + 1) * l * 2 * h];
+                for hi in 0..self.heads {
+                    let q = &q[bi * h + hi * dh..bi * h + (hi + 1) * dh];
+                    for (s, key) in scores.iter_mut().zip(kv.chunks_exact(2 * h)) {
+                        *s = g.scale * util::dot_f64(q, &key[hi * dh..(hi + 1) * dh]) as f32;
+                    }
+                    masked_softmax_rows(scores, &mask[bi * l..(bi + 1) * l]);
+                    let ctx = &mut ctx[hi * dh..(hi + 1) * dh];
+                    for (&p, value) in scores.iter().zip(kv.chunks_exact(2 * h)) {
+                        for (c, &v) in ctx.iter_mut().zip(&value[h + hi * dh..h + (hi + 1) * dh]) {
+                            *c += p * v;
+                        }
+                    }
+                }
+            },
+        );
+        out
+    }
+
     /// Probabilities `p` (`L x L`, row-major) of pair (batch `bi`, head `hi`); returns them
     /// after dropout in `pd` when dropout is on.
     fn probs(&self, g: &Geometry, qkv: &[f32], mask: &[f32], (bi, hi): (usize, usize), p: &mut [f32], pd: &mut [f32]) {

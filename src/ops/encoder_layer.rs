@@ -76,6 +76,78 @@ pub fn encoder_layer(
     x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
 }
 
+/// [`encoder_layer`] at inference when only the first ([CLS]) position of the output is read:
+/// keys and values come from every position, but the query, attention output, feed-forward
+/// block and LayerNorms run for the first position alone. Returns `[B, 1, H]`, equal to
+/// `encoder_layer(..).narrow(1, 0, 1)` without dropout. No backward: `x` and the parameters
+/// must not track gradients.
+pub fn encoder_layer_first_position(
+    x: &Tensor,
+    mask_bias: &Tensor,
+    flat_params: &Tensor,
+    heads: usize,
+    intermediate: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    let (b, l, h) = x.dims3()?;
+    if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
+        bail!(
+            "encoder_layer_first_position: x {:?}, mask {:?} and {heads} heads do not fit",
+            x.dims(),
+            mask_bias.dims()
+        );
+    }
+    if x.track_op() || flat_params.track_op() {
+        bail!("encoder_layer_first_position: inference only, the inputs track gradients");
+    }
+    let layer = EncoderLayer {
+        heads,
+        h,
+        i: intermediate,
+        eps,
+        dropout: LayerDropout::default(),
+        keep: false,
+        saved: Mutex::new(None),
+    };
+    if flat_params.elem_count() != layer.param_count() {
+        bail!(
+            "encoder_layer_first_position: {} parameters, expected {}",
+            flat_params.elem_count(),
+            layer.param_count()
+        );
+    }
+    x.contiguous()?.apply_op3_no_bwd(&mask_bias.contiguous()?, &flat_params.contiguous()?, &FirstPosition(layer))
+}
+
+/// The op of [`encoder_layer_first_position`].
+struct FirstPosition(EncoderLayer);
+
+impl CustomOp3 for FirstPosition {
+    fn name(&self) -> &'static str {
+        "fused-encoder-layer-first-position"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = util::f32_slice(s1, l1, self.name())?;
+        let mask = util::f32_slice(s2, l2, self.name())?;
+        let p = self.0.params(util::f32_slice(s3, l3, self.name())?);
+        let (b, l, h) = l1.shape().dims3()?;
+        let first: Vec<f32> = x.chunks_exact(l * h).flat_map(|row| &row[..h]).copied().collect();
+        let q = linear::forward(&first, &p.qkv_w[..h * h], &p.qkv_b[..h], h, h);
+        let kv = linear::forward(x, &p.qkv_w[h * h..], &p.qkv_b[h..], 2 * h, h);
+        let context = self.0.attention().first_query_context(&q, &kv, mask, &Geometry::new(b, l, h, self.0.heads));
+        Ok((CpuStorage::F32(self.0.forward_in_place(&first, &context, &p)), Shape::from((b, 1, h))))
+    }
+}
+
 /// The activations the backward pass reads.
 struct Saved {
     qkv: Vec<f32>,

@@ -22,7 +22,7 @@ pub(crate) mod util;
 
 pub use attention::fused_attention;
 pub use dropout::dropout;
-pub use encoder_layer::encoder_layer;
+pub use encoder_layer::{encoder_layer, encoder_layer_first_position};
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;

@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo bench --bench throughput`. Environment:
 //! - `BENCH_STEPS` timed steps per case (default 3, after one warm-up step);
+//! - `BENCH_REPEATS` runs of each side per case, alternating ours and PyTorch (default 3); the
+//!   table shows each side's median run, so one slow spell of a shared machine does not decide
+//!   a ratio;
 //! - `BENCH_MODELS` / `BENCH_SEQS` restrict the cases (e.g. `minilm-l3`, `64`);
 //! - `TORCH_PYTHON` runs benches/torch_reference.py for the same cases, alternating with ours;
 //! - `BENCH_TABLES=1` also times predict over SST-2 and MRPC dev (seq 128) against PyTorch with
@@ -185,6 +188,24 @@ fn epoch_case(model: &str, train: &Path, dev: &Path, out: &Path) -> Value {
     json!({"seconds": secs, "dev_accuracy": state["best_accuracy"], "max_rss_mb": max_rss_mb()})
 }
 
+/// Runs every side once per round for `repeats` rounds (so they alternate) and returns each
+/// side's median run by examples/s (Null for a side that never returned, e.g. PyTorch without
+/// `TORCH_PYTHON`).
+fn alternate(repeats: usize, sides: &[&dyn Fn() -> Option<Value>]) -> Vec<Value> {
+    let mut runs = vec![Vec::new(); sides.len()];
+    for _ in 0..repeats.max(1) {
+        for (side, runs) in sides.iter().zip(&mut runs) {
+            runs.extend(side());
+        }
+    }
+    runs.into_iter()
+        .map(|mut r| {
+            r.sort_by(|a, b| f(a, "examples_per_s").total_cmp(&f(b, "examples_per_s")));
+            r.get(r.len().saturating_sub(1) / 2).cloned().unwrap_or(Value::Null)
+        })
+        .collect()
+}
+
 /// Runs this benchmark binary as a child for one case and parses its JSON line.
 fn ours(args: &[String]) -> Value {
     let exe = std::env::current_exe().unwrap();
@@ -246,9 +267,13 @@ fn main() {
         return;
     }
     let steps = env_usize("BENCH_STEPS", 3);
+    let repeats = env_usize("BENCH_REPEATS", 3);
     let only = |var: &str, value: &str| std::env::var(var).map(|v| v.split(',').any(|x| x == value)).unwrap_or(true);
     let peak = matmul_peak();
-    println!("easynlp-rs vs PyTorch, batch {BATCH}, {} threads, {steps} timed steps per case", threads());
+    println!(
+        "easynlp-rs vs PyTorch, batch {BATCH}, {} threads, {steps} timed steps per case, median of {repeats} alternating runs per side",
+        threads()
+    );
     println!("f32 matmul peak (candle, 2048^3): {peak:.1} GFLOP/s\n");
     println!("| model | seq | mode | ours ex/s | torch ex/s | ratio | ours GFLOP/s (% peak) | torch GFLOP/s (% peak) | ours / torch max RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -266,17 +291,20 @@ fn main() {
                 continue;
             }
             for mode in ["train", "infer"] {
-                let our = ours(&["step".into(), model.into(), seq.to_string(), mode.into(), steps.to_string()]);
                 let dir = shared().join("models").join(model).display().to_string();
-                let tch = torch(&[
-                    "step".into(),
-                    format!("--model={dir}"),
-                    format!("--batch={BATCH}"),
-                    format!("--seq={seq}"),
-                    format!("--mode={mode}"),
-                    format!("--steps={steps}"),
-                ])
-                .unwrap_or(Value::Null);
+                let our_run =
+                    || Some(ours(&["step".into(), model.into(), seq.to_string(), mode.into(), steps.to_string()]));
+                let torch_run = || {
+                    torch(&[
+                        "step".into(),
+                        format!("--model={dir}"),
+                        format!("--batch={BATCH}"),
+                        format!("--seq={seq}"),
+                        format!("--mode={mode}"),
+                        format!("--steps={steps}"),
+                    ])
+                };
+                let [our, tch]: [Value; 2] = alternate(repeats, &[&our_run, &torch_run]).try_into().unwrap();
                 let flops = forward_flops(&cfg, seq) * BATCH as f64 * if mode == "train" { 3.0 } else { 1.0 };
                 let tg = flops / f(&tch, "seconds_per_step") / 1e9;
                 println!(
@@ -293,6 +321,11 @@ fn main() {
             }
         }
     }
+    println!(
+        "\nGFLOP/s: the matmul FLOPs of the whole model's forward (x3 for a training step) per second. At \
+         inference our last layer computes the [CLS] position alone, so our figure there is an \
+         effective rate above the work actually done."
+    );
     if std::env::var("BENCH_TABLES").is_ok() {
         println!("\n| predict, minilm-l6, seq 128 | rows | ours ex/s | torch dynamic ex/s | ratio | torch pad-128 ex/s | ratio |");
         println!("|---|---|---|---|---|---|---|");
@@ -301,7 +334,6 @@ fn main() {
             ("MRPC dev", shared().join("data/glue-mrpc/dev.tsv"), "3,4"),
         ] {
             let t = table.display().to_string();
-            let our = ours(&["table".into(), "minilm-l6".into(), t.clone(), cols.into()]);
             let dir = shared().join("models/minilm-l6").display().to_string();
             let run = |padding: &str| {
                 torch(&[
@@ -314,9 +346,10 @@ fn main() {
                     "--seq=128".into(),
                     format!("--batch={BATCH}"),
                 ])
-                .unwrap_or(Value::Null)
             };
-            let (dynamic, max) = (run("dynamic"), run("max"));
+            let our_run = || Some(ours(&["table".into(), "minilm-l6".into(), t.clone(), cols.into()]));
+            let [our, dynamic, max]: [Value; 3] =
+                alternate(repeats, &[&our_run, &|| run("dynamic"), &|| run("max")]).try_into().unwrap();
             let o = f(&our, "examples_per_s");
             println!(
                 "| {name} | {} | {o:.1} | {:.1} | {:.2}x | {:.1} | {:.2}x |",

@@ -257,7 +257,7 @@ util::simd_fn! {
                 *s += m;
             }
             let max = util::max_f32(row);
-            row.iter_mut().for_each(|s| *s = math::exp(*s - max));
+            row.iter_mut().for_each(|s| *s = math::exp::<FMA>(*s - max));
             let inv = (1.0 / util::sum_f64(row, |x| x as f64)) as f32;
             row.iter_mut().for_each(|s| *s *= inv);
         }

@@ -59,7 +59,7 @@ util::simd_fn! {
     /// `y = gelu(x)`, elementwise.
     fn gelu_into(y: &mut [f32], x: &[f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = gelu(x);
+            *y = gelu::<FMA>(x);
         }
     }
 }
@@ -68,7 +68,7 @@ util::simd_fn! {
     /// `g *= gelu'(x)`, elementwise.
     fn gelu_grad_in_place(g: &mut [f32], x: &[f32]) {
         for (g, &x) in g.iter_mut().zip(x) {
-            *g *= gelu_grad(x);
+            *g *= gelu_grad::<FMA>(x);
         }
     }
 }
@@ -89,7 +89,7 @@ util::simd_fn! {
     /// `x = gelu(x)`, elementwise.
     fn gelu_in_place(x: &mut [f32]) {
         for x in x.iter_mut() {
-            *x = gelu(*x);
+            *x = gelu::<FMA>(*x);
         }
     }
 }

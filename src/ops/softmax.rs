@@ -76,7 +76,7 @@ fn softmax_row(s: &[f32], mask: &[f32], scale: f32, y: &mut [f32]) {
         return;
     }
     for y in y.iter_mut() {
-        *y = math::exp(*y - max);
+        *y = math::exp::<FMA>(*y - max);
     }
     let sum = util::sum_f64(y, |v| v as f64) as f32;
     for y in y.iter_mut() {

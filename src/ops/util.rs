@@ -12,7 +12,8 @@ const ROW_BLOCK: usize = 32;
 /// baseline (SSE2 only), and picks the widest the CPU has at run time. The fused kernels are plain
 /// loops that the compiler vectorises; this gives them wide registers without making the binary
 /// require them. (A closure passed to a `#[target_feature]` function is not reliably inlined, so
-/// the body is pasted into each variant.)
+/// the body is pasted into each variant.) The body sees a constant `FMA`, true in the variants
+/// compiled with fused multiply-add, for [`super::math::madd`].
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -20,9 +21,17 @@ macro_rules! simd_fn {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? $body
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    #[allow(dead_code)]
+                    const FMA: bool = true;
+                    $body
+                }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? $body
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    #[allow(dead_code)]
+                    const FMA: bool = true;
+                    $body
+                }
                 if $crate::ops::util::has_avx512() {
                     // SAFETY: the CPU has every feature `avx512` is compiled for.
                     return unsafe { avx512($($arg),*) };
@@ -32,6 +41,8 @@ macro_rules! simd_fn {
                     return unsafe { avx2($($arg),*) };
                 }
             }
+            #[allow(dead_code)]
+            const FMA: bool = false;
             $body
         }
     };

@@ -262,19 +262,31 @@ fn reference_attention(qkv: &Tensor, mask: &Tensor, heads: usize, dropout: Optio
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))
 }
 
+/// A `[2, l]` mask whose second row ends in `pad` padding positions, one at `f32::MIN`.
+fn padding_mask_of(l: usize, pad: usize) -> Tensor {
+    let mut m = vec![0f32; 2 * l];
+    m[2 * l - pad..].fill(-10000.0);
+    m[2 * l - 1] = f32::MIN;
+    Tensor::from_vec(m, (2, l), &Device::Cpu).unwrap()
+}
+
+/// Head sizes 12 (the general GEMM path), 32 and 64 (the AVX-512 head kernels, where the CPU has
+/// them), at lengths that leave partial row blocks and partial 16-key vectors.
 #[test]
 fn fused_attention_parity() {
     let mut rng = Rng(21);
-    let mask = padding_mask();
-    for dropout in [None, Some((0.1f32, 77u64))] {
-        let qkv = rng.tensor(&[2, 7, 3 * 48], -1.5, 1.5);
-        check_parity(
-            &format!("fused_attention dropout={dropout:?}"),
-            &|t| ops::fused_attention(&t[0], &mask, 4, dropout),
-            &|t| reference_attention(&t[0], &mask, 4, dropout),
-            &[qkv],
-            &mut rng,
-        );
+    for (l, h, heads) in [(7, 48, 4), (37, 64, 2), (70, 128, 2)] {
+        let mask = if l == 7 { padding_mask() } else { padding_mask_of(l, l / 3) };
+        for dropout in [None, Some((0.1f32, 77u64))] {
+            let qkv = rng.tensor(&[2, l, 3 * h], -1.5, 1.5);
+            check_parity(
+                &format!("fused_attention l={l} dh={} dropout={dropout:?}", h / heads),
+                &|t| ops::fused_attention(&t[0], &mask, heads, dropout),
+                &|t| reference_attention(&t[0], &mask, heads, dropout),
+                &[qkv],
+                &mut rng,
+            );
+        }
     }
 }
 

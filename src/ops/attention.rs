@@ -11,7 +11,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::dropout::{mask_in_place, mask_into};
-use super::{math, util};
+use super::{head_matmul, math, util};
 
 /// Attention context `[B, L, H]` from packed projections `qkv` `[B, L, 3H]` (query, key, value
 /// blocks of H columns, each split into `heads` heads) and an additive `mask_bias` `[B, L]`
@@ -84,10 +84,13 @@ impl Attention {
         let mut dqkv = vec![0f32; qkv.len()];
         let d_ptr = SharedPtr(dqkv.as_mut_ptr());
         (0..g.b * self.heads).into_par_iter().for_each_init(
-            || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }], vec![0f32; l * l]),
-            |(p, pd, dp), pair| {
+            || {
+                let pd = vec![0f32; if self.dropout.is_some() { l * l } else { 0 }];
+                (vec![0f32; l * l], pd, vec![0f32; l * l], Vec::new())
+            },
+            |(p, pd, dp, kt), pair| {
                 let (bi, hi) = (pair / self.heads, pair % self.heads);
-                self.probs(g, qkv, mask, (bi, hi), p, pd);
+                self.probs(g, qkv, mask, (bi, hi), p, pd, kt);
                 let base = bi * l * h3;
                 let q = qkv[base + hi * dh..].as_ptr();
                 let k = qkv[base + g.h + hi * dh..].as_ptr();
@@ -124,14 +127,20 @@ impl Attention {
         let mut out = vec![0f32; g.b * l * g.h];
         let out_ptr = SharedPtr(out.as_mut_ptr());
         (0..g.b * self.heads).into_par_iter().for_each_init(
-            || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }]),
-            |(p, pd), pair| {
+            || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }], Vec::new()),
+            |(p, pd, kt), pair| {
                 let (bi, hi) = (pair / self.heads, pair % self.heads);
-                self.probs(g, qkv, mask, (bi, hi), p, pd);
+                self.probs(g, qkv, mask, (bi, hi), p, pd, kt);
                 let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
                 let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
                 let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
                 // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
+                #[cfg(target_arch = "x86_64")]
+                if head_matmul::supported(g.dh) {
+                    // SAFETY: supported; V and the context rows are l rows of dh inside qkv / out.
+                    unsafe { head_matmul::context(probs, v, h3, (l, g.dh), dst, g.h) };
+                    return;
+                }
                 unsafe {
                     util::matmul(
                         l,
@@ -181,17 +190,49 @@ impl Attention {
     }
 
     /// Probabilities `p` (`L x L`, row-major) of pair (batch `bi`, head `hi`); returns them
-    /// after dropout in `pd` when dropout is on.
-    fn probs(&self, g: &Geometry, qkv: &[f32], mask: &[f32], (bi, hi): (usize, usize), p: &mut [f32], pd: &mut [f32]) {
+    /// after dropout in `pd` when dropout is on; `kt` is scratch space.
+    #[allow(clippy::too_many_arguments)]
+    fn probs(
+        &self,
+        g: &Geometry,
+        qkv: &[f32],
+        mask: &[f32],
+        (bi, hi): (usize, usize),
+        p: &mut [f32],
+        pd: &mut [f32],
+        kt: &mut Vec<f32>,
+    ) {
         let (l, h3) = (g.l, 3 * g.h);
         let base = bi * l * h3;
         let q = qkv[base + hi * g.dh..].as_ptr();
         let k = qkv[base + g.h + hi * g.dh..].as_ptr();
         // S = Q K^T * scale: K^T element (kk, j) is K[j, kk].
-        unsafe {
-            util::matmul(l, l, g.dh, p.as_mut_ptr(), l, false, q, (h3, 1), k, (1, h3), g.scale, Parallelism::None)
+        #[cfg(target_arch = "x86_64")]
+        let done = head_matmul::supported(g.dh) && {
+            // SAFETY: supported; Q and K are l rows of dh inside qkv, h3 apart.
+            unsafe { head_matmul::scores(q, h3, k, h3, (l, g.dh), g.scale, kt, p) };
+            true
         };
-        masked_softmax_rows(p, &mask[bi * l..(bi + 1) * l]);
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = {
+            let _ = kt;
+            false
+        };
+        if !done {
+            unsafe {
+                util::matmul(l, l, g.dh, p.as_mut_ptr(), l, false, q, (h3, 1), k, (1, h3), g.scale, Parallelism::None)
+            };
+        }
+        let mask = &mask[bi * l..(bi + 1) * l];
+        #[cfg(target_arch = "x86_64")]
+        if done {
+            // SAFETY: the kernels ran, so the CPU has AVX-512.
+            unsafe { head_matmul::masked_softmax_rows(p, mask) };
+        } else {
+            masked_softmax_rows(p, mask);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        masked_softmax_rows(p, mask);
         if let Some((prob, seed)) = self.dropout {
             mask_into(pd, p, seed, ((bi * self.heads + hi) * l * l) as u64, 1.0 - prob);
         }

@@ -13,6 +13,7 @@ pub mod attention;
 pub mod dropout;
 pub mod encoder_layer;
 mod gelu;
+mod head_matmul;
 mod layer_norm;
 pub mod linear;
 mod math;

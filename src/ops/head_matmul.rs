@@ -1,0 +1,297 @@
+//! The two small matrix products of one attention head, written for AVX-512: the scores
+//! `S = Q K^T * scale` (`L x L`) and the context `C = P V` (`L x dh`). At BERT's sizes (`dh` 32
+//! or 64, `L` up to a few hundred) a general GEMM spends much of its time packing and dispatching;
+//! these kernels keep a block of rows' accumulators in registers and read `Q`, `V` and `P` in
+//! place (only `K` is transposed, into a small buffer). Callers fall back to the GEMM when
+//! [`supported`] says no.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Whether the kernels run on this CPU for head size `dh` (AVX-512 and `dh` a multiple of 16).
+pub(crate) fn supported(dh: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        dh.is_multiple_of(16) && dh <= 64 && super::util::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dh;
+        false
+    }
+}
+
+/// `s[i * l + j] = scale * sum_d q[i * q_stride + d] * k[j * k_stride + d]` for `i, j < l`.
+/// `kt` is scratch space, resized as needed.
+///
+/// # Safety
+/// [`supported`]`(dh)` must hold; `q` and `k` must point at `l` rows of `dh` readable floats
+/// `q_stride` / `k_stride` apart.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn scores(
+    q: *const f32,
+    q_stride: usize,
+    k: *const f32,
+    k_stride: usize,
+    (l, dh): (usize, usize),
+    scale: f32,
+    kt: &mut Vec<f32>,
+    s: &mut [f32],
+) {
+    assert!(s.len() >= l * l);
+    // K^T with each row padded to whole vectors: kt[d * l16 + j] = k[j][d], zero past l.
+    let l16 = l.next_multiple_of(16);
+    kt.clear();
+    kt.resize(dh * l16, 0.0);
+    transpose_keys(k, k_stride, (l, l16, dh), kt);
+    scores_avx512(q, q_stride, kt, (l, l16, dh), scale, s);
+}
+
+/// `kt[d * l16 + j] = k[j * ks + d]` for `j < l`, 16 keys per gather.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_keys(k: *const f32, ks: usize, (l, l16, dh): (usize, usize, usize), kt: &mut [f32]) {
+    let stride = ks as i32;
+    let index = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(stride),
+    );
+    let kt = kt.as_mut_ptr();
+    for j0 in (0..l).step_by(16) {
+        let m = lanes(l - j0);
+        let rows = k.add(j0 * ks);
+        for d in 0..dh {
+            let v = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, index, rows.add(d));
+            _mm512_storeu_ps(kt.add(d * l16 + j0), v);
+        }
+    }
+}
+
+/// Row-wise `softmax(s + mask)` of the `l x l` scores `s`, in place (`mask` has `l` entries):
+/// the same steps as the portable kernel, with an f32 sum over 16 lanes.
+///
+/// # Safety
+/// [`supported`] must hold for some head size (the CPU has AVX-512).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn masked_softmax_rows(s: &mut [f32], mask: &[f32]) {
+    let l = mask.len();
+    let mp = mask.as_ptr();
+    for row in s.chunks_exact_mut(l) {
+        let r = row.as_mut_ptr();
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in (0..l).step_by(16) {
+            let m = lanes(l - j);
+            let v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, r.add(j)), _mm512_maskz_loadu_ps(m, mp.add(j)));
+            _mm512_mask_storeu_ps(r.add(j), m, v);
+            max = _mm512_mask_max_ps(max, m, max, v);
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        let mut sum = _mm512_setzero_ps();
+        for j in (0..l).step_by(16) {
+            let m = lanes(l - j);
+            let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, r.add(j)), max));
+            _mm512_mask_storeu_ps(r.add(j), m, e);
+            sum = _mm512_mask_add_ps(sum, m, sum, e);
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        for j in (0..l).step_by(16) {
+            let m = lanes(l - j);
+            _mm512_mask_storeu_ps(r.add(j), m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, r.add(j)), inv));
+        }
+    }
+}
+
+/// The first `min(n, 16)` lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
+}
+
+/// [`super::math::exp`] on 16 lanes, step for step (same constants and rounding).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn exp(x: __m512) -> __m512 {
+    // max/min return their second operand when either is NaN: NaN propagates, as in the scalar.
+    let xc = _mm512_min_ps(_mm512_set1_ps(88.3), _mm512_max_ps(_mm512_set1_ps(-87.3), x));
+    let big = _mm512_set1_ps(12_582_912.0);
+    let k = _mm512_fmadd_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E), big);
+    let n = _mm512_sub_ps(k, big);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), xc));
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let exp_r = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
+    let two_n = _mm512_castsi512_ps(_mm512_add_epi32(
+        _mm512_slli_epi32::<23>(_mm512_castps_si512(k)),
+        _mm512_set1_epi32(127 << 23),
+    ));
+    let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
+    _mm512_maskz_mul_ps(!underflow, exp_r, two_n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_avx512(
+    q: *const f32,
+    qs: usize,
+    kt: &[f32],
+    (l, l16, dh): (usize, usize, usize),
+    scale: f32,
+    s: &mut [f32],
+) {
+    let s = s.as_mut_ptr();
+    let kt = kt.as_ptr();
+    let mut i = 0;
+    while i + 4 <= l {
+        score_rows::<4>(q.add(i * qs), qs, kt, (l, l16, dh), scale, s.add(i * l));
+        i += 4;
+    }
+    while i < l {
+        score_rows::<1>(q.add(i * qs), qs, kt, (l, l16, dh), scale, s.add(i * l));
+        i += 1;
+    }
+}
+
+/// Scores of `R` query rows against every key, 64 keys (4 vectors) at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn score_rows<const R: usize>(
+    q: *const f32,
+    qs: usize,
+    kt: *const f32,
+    (l, l16, dh): (usize, usize, usize),
+    scale: f32,
+    s: *mut f32,
+) {
+    let mut j = 0;
+    while j + 64 <= l16 {
+        score_block::<R, 4>(q, qs, kt.add(j), (l, l16, dh), j, scale, s);
+        j += 64;
+    }
+    while j < l16 {
+        score_block::<R, 1>(q, qs, kt.add(j), (l, l16, dh), j, scale, s);
+        j += 16;
+    }
+}
+
+/// Scores of `R` query rows against the `16 * C` keys from `j0`; columns past `l` are not stored.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn score_block<const R: usize, const C: usize>(
+    q: *const f32,
+    qs: usize,
+    kt: *const f32,
+    (l, l16, dh): (usize, usize, usize),
+    j0: usize,
+    scale: f32,
+    s: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); C]; R];
+    for d in 0..dh {
+        let mut kv = [_mm512_setzero_ps(); C];
+        for (c, kv) in kv.iter_mut().enumerate() {
+            *kv = _mm512_loadu_ps(kt.add(d * l16 + c * 16));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let qv = _mm512_set1_ps(*q.add(r * qs + d));
+            for (a, &kv) in acc.iter_mut().zip(&kv) {
+                *a = _mm512_fmadd_ps(qv, kv, *a);
+            }
+        }
+    }
+    let scale = _mm512_set1_ps(scale);
+    for (r, acc) in acc.iter().enumerate() {
+        for (c, &a) in acc.iter().enumerate() {
+            let j = j0 + c * 16;
+            _mm512_mask_storeu_ps(s.add(r * l + j), lanes(l.saturating_sub(j)), _mm512_mul_ps(a, scale));
+        }
+    }
+}
+
+/// `c[i * c_stride + d] = sum_j p[i * l + j] * v[j * v_stride + d]` for `i, j < l`, `d < dh`.
+///
+/// # Safety
+/// [`supported`]`(dh)` must hold; `v` must point at `l` rows of `dh` readable floats `v_stride`
+/// apart and `c` at `l` rows of `dh` writable floats `c_stride` apart; `p` holds `l * l` floats.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn context(
+    p: &[f32],
+    v: *const f32,
+    v_stride: usize,
+    (l, dh): (usize, usize),
+    c: *mut f32,
+    c_stride: usize,
+) {
+    assert!(p.len() >= l * l);
+    // Blocks of rows whose accumulators (rows x dh / 16 vectors) fit in the 32 registers.
+    match dh / 16 {
+        1 => context_avx512::<8, 1>(p.as_ptr(), v, v_stride, l, c, c_stride),
+        2 => context_avx512::<8, 2>(p.as_ptr(), v, v_stride, l, c, c_stride),
+        3 => context_avx512::<6, 3>(p.as_ptr(), v, v_stride, l, c, c_stride),
+        _ => context_avx512::<4, 4>(p.as_ptr(), v, v_stride, l, c, c_stride),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn context_avx512<const R: usize, const D: usize>(
+    p: *const f32,
+    v: *const f32,
+    vs: usize,
+    l: usize,
+    c: *mut f32,
+    cs: usize,
+) {
+    let mut i = 0;
+    while i + R <= l {
+        context_rows::<R, D>(p.add(i * l), v, vs, l, c.add(i * cs), cs);
+        i += R;
+    }
+    while i < l {
+        context_rows::<1, D>(p.add(i * l), v, vs, l, c.add(i * cs), cs);
+        i += 1;
+    }
+}
+
+/// Context of `R` rows: `D` vectors of `dh` per row, accumulated over every key.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn context_rows<const R: usize, const D: usize>(
+    p: *const f32,
+    v: *const f32,
+    vs: usize,
+    l: usize,
+    c: *mut f32,
+    cs: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); D]; R];
+    for j in 0..l {
+        let mut vv = [_mm512_setzero_ps(); D];
+        for (d, vv) in vv.iter_mut().enumerate() {
+            *vv = _mm512_loadu_ps(v.add(j * vs + d * 16));
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let pv = _mm512_set1_ps(*p.add(r * l + j));
+            for (a, &vv) in acc.iter_mut().zip(&vv) {
+                *a = _mm512_fmadd_ps(pv, vv, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (d, &a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * cs + d * 16), a);
+        }
+    }
+}

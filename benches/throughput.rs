@@ -108,6 +108,9 @@ fn step_case(model: &str, seq: usize, mode: &str, steps: usize) -> Value {
     let b = full_batch(seq, cfg.vocab_size);
     let mut opt = Optimizer::new(&params, OptimizerKind::AdamW, 1e-4);
     let mut seed = 0u64;
+    // Inference loads the model once, as predict does; a training step rebuilds it from the
+    // updated weights, as the trainer does.
+    let frozen = Classifier::load(&cfg, &|n| params.frozen(n)).unwrap();
     let mut run = || {
         seed += 1;
         if mode == "train" {
@@ -117,8 +120,7 @@ fn step_case(model: &str, seq: usize, mode: &str, steps: usize) -> Value {
             let grads = loss.backward().unwrap();
             opt.step(&grads, StepParams { lr: 1e-5, grad_scale: 1.0 }).unwrap();
         } else {
-            let m = Classifier::load(&cfg, &|n| params.frozen(n)).unwrap();
-            m.forward(&b, &ForwardCtx::eval()).unwrap().to_vec2::<f32>().unwrap();
+            frozen.forward(&b, &ForwardCtx::eval()).unwrap().to_vec2::<f32>().unwrap();
         }
     };
     run();

@@ -111,4 +111,14 @@ fn fused_layer_matches_the_op_by_op_path() {
         let (a, b) = (fused_grads.get(var.as_tensor()).unwrap(), plain_grads.get(var.as_tensor()).unwrap());
         assert!(rel(a, b) < 1e-5, "{name}: gradients differ by {} (relative)", rel(a, b));
     }
+    // The classifier's own forward computes the last layer for the [CLS] position alone, in
+    // training too: same logits and gradients as the whole last layer, dropout included.
+    let logits = model.forward(&batch, &ForwardCtx::train(11)).unwrap();
+    assert!(rel(&logits, &fused) < 1e-5, "first-position logits differ: {}", rel(&logits, &fused));
+    let loss = candle_nn::loss::cross_entropy(&logits, batch.labels.as_ref().unwrap()).unwrap();
+    let first_grads = loss.backward().unwrap();
+    for (name, var) in params.iter() {
+        let (a, b) = (first_grads.get(var.as_tensor()).unwrap(), fused_grads.get(var.as_tensor()).unwrap());
+        assert!(rel(a, b) < 1e-5, "{name}: first-position gradients differ by {} (relative)", rel(a, b));
+    }
 }

@@ -50,8 +50,8 @@ pub struct Taps {
     /// Keep every layer's attention probabilities.
     pub attentions: bool,
     /// The caller reads only the first (`[CLS]`) position of the last layer, as the pooler
-    /// does: at inference without other taps the last layer then computes that position alone
-    /// and `last_hidden` is `[B, 1, H]`.
+    /// does: without other taps the last layer then computes that position alone (forward and
+    /// backward) and `last_hidden` is `[B, 1, H]`.
     pub first_position_only: bool,
 }
 
@@ -212,13 +212,14 @@ impl Bert {
         if taps.hidden_states {
             hidden_states.push(x.clone());
         }
-        // Only the pooler reads the last layer: at inference it computes the first position alone.
-        let first_position_last = taps.first_position_only && !taps.hidden_states && !taps.attentions && !ctx.train;
+        // Only the pooler reads the last layer: it computes the first position alone.
+        let first_position_last = taps.first_position_only && !taps.hidden_states && !taps.attentions;
         for (i, layer) in self.layers.iter().enumerate() {
-            let last = i + 1 == self.layers.len();
-            if let Some(flat) = layer.frozen_flat.as_ref().filter(|_| last && first_position_last && !x.track_op()) {
-                let (heads, inter) = (self.cfg.num_attention_heads, self.cfg.intermediate_size);
-                x = ops::encoder_layer_first_position(&x, &mask_bias, flat, heads, inter, layer.attn_norm.eps)?;
+            if first_position_last && i + 1 == self.layers.len() && ops::attention::supported(&x) {
+                let (heads, inter, eps) =
+                    (self.cfg.num_attention_heads, self.cfg.intermediate_size, layer.attn_norm.eps);
+                let flat = layer.flat_params()?;
+                x = ops::encoder_layer_first_position(&x, &mask_bias, &flat, heads, inter, eps, self.dropout(ctx))?;
                 continue;
             }
             let (out, probs) = self.layer_forward(layer, &x, &mask_bias, taps.attentions, ctx)?;
@@ -235,6 +236,14 @@ impl Bert {
         Ok(EncoderOutput { last_hidden: x, hidden_states, attentions, pooled })
     }
 
+    /// The dropout of one fused layer: the same seeds, drawn in the same order, as the op-by-op
+    /// path of [`Self::layer_forward`].
+    fn dropout(&self, ctx: &ForwardCtx) -> LayerDropout {
+        let (p_attn, p_hidden) = (self.cfg.attention_probs_dropout_prob, self.cfg.hidden_dropout_prob);
+        let site = |p: f64| ctx.dropout_seed(p).map(|seed| (p as f32, seed));
+        LayerDropout { attn_probs: site(p_attn), attn_out: site(p_hidden), ffn_out: site(p_hidden) }
+    }
+
     /// One transformer layer; returns its output and, when `keep_probs`, the attention
     /// probabilities. Without taps on the CPU the attention core is one fused kernel.
     fn layer_forward(
@@ -248,11 +257,8 @@ impl Bert {
         let (b, l, h) = x.dims3()?;
         let heads = self.cfg.num_attention_heads;
         let p_attn = self.cfg.attention_probs_dropout_prob;
-        let p_hidden = self.cfg.hidden_dropout_prob;
         if !keep_probs && ops::attention::supported(x) {
-            // The same seeds, drawn in the same order, as the op-by-op path below.
-            let site = |p: f64| ctx.dropout_seed(p).map(|seed| (p as f32, seed));
-            let dropout = LayerDropout { attn_probs: site(p_attn), attn_out: site(p_hidden), ffn_out: site(p_hidden) };
+            let dropout = self.dropout(ctx);
             let eps = layer.attn_norm.eps;
             let flat = layer.flat_params()?;
             let out = ops::encoder_layer(x, mask_bias, &flat, heads, self.cfg.intermediate_size, eps, dropout)?;

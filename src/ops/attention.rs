@@ -162,23 +162,39 @@ impl Attention {
         out
     }
 
-    /// The context `[B, H]` of the first ([CLS]) query of each row only: `q` `[B, H]` holds those
-    /// queries, `kv` `[B, L, 2H]` the keys and values of every position (no dropout).
-    pub(crate) fn first_query_context(&self, q: &[f32], kv: &[f32], mask: &[f32], g: &Geometry) -> Vec<f32> {
-        let (l, h, dh) = (g.l, g.h, g.dh);
+    /// The context `[B, H]` of the first (`[CLS]`) query of each row only, and its attention
+    /// probabilities `[B, heads, L]` (before dropout): `q` `[B, H]` holds those queries, `kv`
+    /// `[B, L, 2H]` the keys and values of every position. Dropout draws the masks of the first
+    /// query row of [`Self::context`].
+    pub(crate) fn first_query_context(
+        &self,
+        q: &[f32],
+        kv: &[f32],
+        mask: &[f32],
+        g: &Geometry,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (l, h, dh, heads) = (g.l, g.h, g.dh, self.heads);
         let mut out = vec![0f32; g.b * h];
-        out.par_chunks_mut(h).enumerate().for_each_init(
+        let mut probs = vec![0f32; g.b * heads * l];
+        out.par_chunks_mut(h).zip(probs.par_chunks_mut(heads * l)).enumerate().for_each_init(
             || vec![0f32; l],
-            |scores, (bi, ctx)| {
+            |dropped, (bi, (ctx, probs))| {
                 let kv = &kv[bi * l * 2 * h..(bi + 1) * l * 2 * h];
-                for hi in 0..self.heads {
+                for (hi, p) in probs.chunks_exact_mut(l).enumerate() {
                     let q = &q[bi * h + hi * dh..bi * h + (hi + 1) * dh];
-                    for (s, key) in scores.iter_mut().zip(kv.chunks_exact(2 * h)) {
+                    for (s, key) in p.iter_mut().zip(kv.chunks_exact(2 * h)) {
                         *s = g.scale * util::dot_f64(q, &key[hi * dh..(hi + 1) * dh]) as f32;
                     }
-                    masked_softmax_rows(scores, &mask[bi * l..(bi + 1) * l]);
+                    masked_softmax_rows(p, &mask[bi * l..(bi + 1) * l]);
+                    let p = match self.dropout {
+                        Some((prob, seed)) => {
+                            mask_into(dropped, p, seed, ((bi * heads + hi) * l * l) as u64, 1.0 - prob);
+                            &dropped[..]
+                        }
+                        None => &p[..],
+                    };
                     let ctx = &mut ctx[hi * dh..(hi + 1) * dh];
-                    for (&p, value) in scores.iter().zip(kv.chunks_exact(2 * h)) {
+                    for (&p, value) in p.iter().zip(kv.chunks_exact(2 * h)) {
                         for (c, &v) in ctx.iter_mut().zip(&value[h + hi * dh..h + (hi + 1) * dh]) {
                             *c += p * v;
                         }
@@ -186,7 +202,63 @@ impl Attention {
                 }
             },
         );
-        out
+        (out, probs)
+    }
+
+    /// Gradients of the queries `[B, H]` and of the keys and values `[B, L, 2H]` of
+    /// [`Self::first_query_context`] from the context gradient `dctx` `[B, H]` and its `probs`.
+    pub(crate) fn first_query_grad(
+        &self,
+        q: &[f32],
+        kv: &[f32],
+        probs: &[f32],
+        dctx: &[f32],
+        g: &Geometry,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let (l, h, dh, heads) = (g.l, g.h, g.dh, self.heads);
+        let mut dq = vec![0f32; g.b * h];
+        let mut dkv = vec![0f32; kv.len()];
+        dq.par_chunks_mut(h).zip(dkv.par_chunks_mut(l * 2 * h)).enumerate().for_each_init(
+            || (vec![0f32; l], vec![0f32; l]),
+            |(dropped, ds), (bi, (dq, dkv))| {
+                let kv = &kv[bi * l * 2 * h..(bi + 1) * l * 2 * h];
+                for (hi, p) in probs[bi * heads * l..(bi + 1) * heads * l].chunks_exact(l).enumerate() {
+                    let cols = hi * dh..(hi + 1) * dh;
+                    let (q, dc) = (&q[bi * h..][cols.clone()], &dctx[bi * h..][cols.clone()]);
+                    let base = ((bi * heads + hi) * l * l) as u64;
+                    let pd = match self.dropout {
+                        Some((prob, seed)) => {
+                            mask_into(dropped, p, seed, base, 1.0 - prob);
+                            &dropped[..]
+                        }
+                        None => p,
+                    };
+                    // dV_j = pd_j dC; dP_d_j = dC . V_j, then through the dropout mask.
+                    for (j, (dkv, value)) in dkv.chunks_exact_mut(2 * h).zip(kv.chunks_exact(2 * h)).enumerate() {
+                        for (dv, &c) in dkv[h..][cols.clone()].iter_mut().zip(dc) {
+                            *dv = pd[j] * c;
+                        }
+                        ds[j] = util::dot_f64(dc, &value[h..][cols.clone()]) as f32;
+                    }
+                    if let Some((prob, seed)) = self.dropout {
+                        mask_in_place(ds, seed, base, 1.0 - prob);
+                    }
+                    softmax_grad_rows(ds, p, l);
+                    // dQ = scale sum_j dS_j K_j; dK_j = scale dS_j Q.
+                    let dq = &mut dq[cols.clone()];
+                    for (j, (dkv, key)) in dkv.chunks_exact_mut(2 * h).zip(kv.chunks_exact(2 * h)).enumerate() {
+                        let w = g.scale * ds[j];
+                        for ((dq, dk), (&k, &qv)) in
+                            dq.iter_mut().zip(&mut dkv[cols.clone()]).zip(key[cols.clone()].iter().zip(q))
+                        {
+                            *dq += w * k;
+                            *dk = w * qv;
+                        }
+                    }
+                }
+            },
+        );
+        (dq, dkv)
     }
 
     /// Probabilities `p` (`L x L`, row-major) of pair (batch `bi`, head `hi`); returns them

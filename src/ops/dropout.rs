@@ -107,15 +107,31 @@ util::simd_fn! {
     }
 }
 
-/// `a = a * mask + residual` in place (the mask of `seed` when `dropout` is `Some((keep, seed))`),
-/// in parallel.
-pub(crate) fn dropout_add_in_place(a: &mut [f32], residual: &[f32], dropout: Option<(f32, u64)>) {
-    a.par_chunks_mut(util::ELEM_BLOCK).zip(residual.par_chunks(util::ELEM_BLOCK)).enumerate().for_each(
-        |(c, (a, r))| match dropout {
-            Some((keep, seed)) => mask_add_in_place(a, r, seed, (c * util::ELEM_BLOCK) as u64, keep),
-            None => util::add_into(a, r),
-        },
-    );
+/// `a = a * mask + residual` (just `a += residual` without dropout, `(keep, seed)`) on rows of
+/// `h` elements that stand for every `row_step`-th row of a larger tensor: row `r` draws the mask
+/// of row `r * row_step` there (`row_step` 1: the tensor itself, the masks of [`dropout`]).
+pub(crate) fn dropout_add_rows_in_place(
+    a: &mut [f32],
+    residual: &[f32],
+    dropout: Option<(f32, u64)>,
+    h: usize,
+    row_step: usize,
+) {
+    a.par_chunks_mut(h).zip(residual.par_chunks(h)).enumerate().for_each(|(r, (a, res))| match dropout {
+        Some((keep, seed)) => mask_add_in_place(a, res, seed, (r * row_step * h) as u64, keep),
+        None => util::add_into(a, res),
+    });
+}
+
+/// [`apply_mask`] on rows of `h` elements that stand for every `row_step`-th row of a larger
+/// tensor (see [`dropout_add_rows_in_place`]).
+pub(crate) fn apply_mask_rows(src: &[f32], keep: f32, seed: u64, h: usize, row_step: usize) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(h)
+        .zip(src.par_chunks(h))
+        .enumerate()
+        .for_each(|(r, (o, s))| mask_into(o, s, seed, (r * row_step * h) as u64, keep));
+    out
 }
 
 util::simd_fn! {

@@ -76,81 +76,14 @@ pub fn encoder_layer(
     x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
 }
 
-/// [`encoder_layer`] at inference when only the first ([CLS]) position of the output is read:
-/// keys and values come from every position, but the query, attention output, feed-forward
-/// block and LayerNorms run for the first position alone. Returns `[B, 1, H]`, equal to
-/// `encoder_layer(..).narrow(1, 0, 1)` without dropout. No backward: `x` and the parameters
-/// must not track gradients.
-pub fn encoder_layer_first_position(
-    x: &Tensor,
-    mask_bias: &Tensor,
-    flat_params: &Tensor,
-    heads: usize,
-    intermediate: usize,
-    eps: f64,
-) -> Result<Tensor> {
-    let (b, l, h) = x.dims3()?;
-    if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
-        bail!(
-            "encoder_layer_first_position: x {:?}, mask {:?} and {heads} heads do not fit",
-            x.dims(),
-            mask_bias.dims()
-        );
-    }
-    if x.track_op() || flat_params.track_op() {
-        bail!("encoder_layer_first_position: inference only, the inputs track gradients");
-    }
-    let layer = EncoderLayer {
-        heads,
-        h,
-        i: intermediate,
-        eps,
-        dropout: LayerDropout::default(),
-        keep: false,
-        saved: Mutex::new(None),
-    };
-    if flat_params.elem_count() != layer.param_count() {
-        bail!(
-            "encoder_layer_first_position: {} parameters, expected {}",
-            flat_params.elem_count(),
-            layer.param_count()
-        );
-    }
-    x.contiguous()?.apply_op3_no_bwd(&mask_bias.contiguous()?, &flat_params.contiguous()?, &FirstPosition(layer))
-}
-
-/// The op of [`encoder_layer_first_position`].
-struct FirstPosition(EncoderLayer);
-
-impl CustomOp3 for FirstPosition {
-    fn name(&self) -> &'static str {
-        "fused-encoder-layer-first-position"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
-        let p = self.0.params(util::f32_slice(s3, l3, self.name())?);
-        let (b, l, h) = l1.shape().dims3()?;
-        let first: Vec<f32> = x.chunks_exact(l * h).flat_map(|row| &row[..h]).copied().collect();
-        let q = linear::forward(&first, &p.qkv_w[..h * h], &p.qkv_b[..h], h, h);
-        let kv = linear::forward(x, &p.qkv_w[h * h..], &p.qkv_b[h..], 2 * h, h);
-        let context = self.0.attention().first_query_context(&q, &kv, mask, &Geometry::new(b, l, h, self.0.heads));
-        Ok((CpuStorage::F32(self.0.forward_in_place(&first, &context, &p)), Shape::from((b, 1, h))))
-    }
-}
-
 /// The activations the backward pass reads.
 struct Saved {
     qkv: Vec<f32>,
+    post: Post,
+}
+
+/// The activations of the part after the attention core (see [`EncoderLayer::post_attention`]).
+pub(super) struct Post {
     context: Vec<f32>,
     s1: Vec<f32>,
     h1: Vec<f32>,
@@ -159,21 +92,23 @@ struct Saved {
     s2: Vec<f32>,
 }
 
-struct EncoderLayer {
-    heads: usize,
-    h: usize,
-    i: usize,
-    eps: f64,
-    dropout: LayerDropout,
+/// One encoder layer's sizes, dropout and whether to keep activations; the op of
+/// [`encoder_layer`] and the shared part of [`super::first_position`].
+pub(super) struct EncoderLayer {
+    pub(super) heads: usize,
+    pub(super) h: usize,
+    pub(super) i: usize,
+    pub(super) eps: f64,
+    pub(super) dropout: LayerDropout,
     /// Whether to keep the activations (when a gradient may be asked for).
-    keep: bool,
+    pub(super) keep: bool,
     saved: Mutex<Option<Saved>>,
 }
 
 /// Views of the flat parameter buffer.
-struct Params<'a> {
-    qkv_w: &'a [f32],
-    qkv_b: &'a [f32],
+pub(super) struct Params<'a> {
+    pub(super) qkv_w: &'a [f32],
+    pub(super) qkv_b: &'a [f32],
     ao_w: &'a [f32],
     ao_b: &'a [f32],
     ln1_g: &'a [f32],
@@ -187,18 +122,20 @@ struct Params<'a> {
 }
 
 /// The CPU storage of a tensor's storage.
-fn as_cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
+pub(super) fn as_cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
     match s {
         candle_core::Storage::Cpu(c) => Ok(c),
         _ => bail!("fused-encoder-layer: expected CPU tensors"),
     }
 }
 
-/// `g` times the dropout mask of site `d` (`g` itself without dropout); `buf` holds the product.
-fn masked<'a>(g: &'a [f32], d: Option<(f32, u64)>, buf: &'a mut Vec<f32>) -> &'a [f32] {
+/// `g` (rows of `h` standing for every `row_step`-th row, see
+/// [`dropout::dropout_add_rows_in_place`]) times the dropout mask of site `d`; `g` itself without
+/// dropout; `buf` holds the product.
+fn masked<'a>(g: &'a [f32], d: Option<(f32, u64)>, (h, row_step): (usize, usize), buf: &'a mut Vec<f32>) -> &'a [f32] {
     match keep_seed(d) {
         Some((keep, seed)) => {
-            *buf = dropout::apply_mask(g, keep, seed);
+            *buf = dropout::apply_mask_rows(g, keep, seed, h, row_step);
             buf
         }
         None => g,
@@ -206,23 +143,28 @@ fn masked<'a>(g: &'a [f32], d: Option<(f32, u64)>, buf: &'a mut Vec<f32>) -> &'a
 }
 
 /// `keep` and seed of a dropout site.
-fn keep_seed(d: Option<(f32, u64)>) -> Option<(f32, u64)> {
+pub(super) fn keep_seed(d: Option<(f32, u64)>) -> Option<(f32, u64)> {
     d.map(|(p, seed)| (1.0 - p, seed))
 }
 
 impl EncoderLayer {
+    /// A layer of `heads` heads, hidden size `h` and feed-forward size `i`.
+    pub(super) fn new(heads: usize, h: usize, i: usize, eps: f64, dropout: LayerDropout, keep: bool) -> Self {
+        EncoderLayer { heads, h, i, eps, dropout, keep, saved: Mutex::new(None) }
+    }
+
     /// Sizes of the parameters in flat order.
     fn sizes(&self) -> [usize; 12] {
         let (h, i) = (self.h, self.i);
         [3 * h * h, 3 * h, h * h, h, h, h, i * h, i, h * i, h, h, h]
     }
 
-    fn param_count(&self) -> usize {
+    pub(super) fn param_count(&self) -> usize {
         self.sizes().iter().sum()
     }
 
     /// Splits a flat gradient buffer into the twelve parameters' gradients.
-    fn split_mut<'a>(&self, mut flat: &'a mut [f32]) -> [&'a mut [f32]; 12] {
+    pub(super) fn split_mut<'a>(&self, mut flat: &'a mut [f32]) -> [&'a mut [f32]; 12] {
         self.sizes().map(|n| {
             let (head, rest) = std::mem::take(&mut flat).split_at_mut(n);
             flat = rest;
@@ -231,7 +173,7 @@ impl EncoderLayer {
     }
 
     /// Views of the flat parameter buffer.
-    fn params<'a>(&self, mut flat: &'a [f32]) -> Params<'a> {
+    pub(super) fn params<'a>(&self, mut flat: &'a [f32]) -> Params<'a> {
         let [qkv_w, qkv_b, ao_w, ao_b, ln1_g, ln1_b, in_w, in_b, out_w, out_b, ln2_g, ln2_b] = self.sizes().map(|n| {
             let (head, rest) = flat.split_at(n);
             flat = rest;
@@ -240,23 +182,89 @@ impl EncoderLayer {
         Params { qkv_w, qkv_b, ao_w, ao_b, ln1_g, ln1_b, in_w, in_b, out_w, out_b, ln2_g, ln2_b }
     }
 
-    /// The rest of the forward pass after the attention core when no activations are kept:
-    /// every step overwrites its input buffer instead of allocating a new one.
-    fn forward_in_place(&self, x: &[f32], context: &[f32], p: &Params) -> Vec<f32> {
-        let h = self.h;
-        let mut h1 = linear::forward(context, p.ao_w, p.ao_b, h, h);
-        dropout::dropout_add_in_place(&mut h1, x, keep_seed(self.dropout.attn_out));
-        layer_norm::forward_in_place(&mut h1, p.ln1_g, p.ln1_b, self.eps);
-        let mut inter = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
-        gelu::forward_in_place(&mut inter);
-        let mut out = linear::forward(&inter, p.out_w, p.out_b, h, self.i);
-        drop(inter);
-        dropout::dropout_add_in_place(&mut out, &h1, keep_seed(self.dropout.ffn_out));
-        layer_norm::forward_in_place(&mut out, p.ln2_g, p.ln2_b, self.eps);
-        out
+    /// The rest of the layer after the attention core, on rows of `x` (the residual) and their
+    /// attention `context`, rows standing for every `row_step`-th row of the layer's input (for
+    /// the dropout masks, see [`dropout::dropout_add_rows_in_place`]). Keeps the activations when
+    /// `keep`; otherwise every step overwrites its input buffer instead of allocating a new one.
+    pub(super) fn post_attention(
+        &self,
+        x: &[f32],
+        context: Vec<f32>,
+        p: &Params,
+        row_step: usize,
+    ) -> (Vec<f32>, Option<Post>) {
+        let (h, eps) = (self.h, self.eps);
+        let dropout_add = |a: &mut [f32], residual: &[f32], site| {
+            dropout::dropout_add_rows_in_place(a, residual, keep_seed(site), h, row_step)
+        };
+        let mut s1 = linear::forward(&context, p.ao_w, p.ao_b, h, h);
+        dropout_add(&mut s1, x, self.dropout.attn_out);
+        if !self.keep {
+            drop(context);
+            let mut h1 = s1;
+            layer_norm::forward_in_place(&mut h1, p.ln1_g, p.ln1_b, eps);
+            let mut inter = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
+            gelu::forward_in_place(&mut inter);
+            let mut out = linear::forward(&inter, p.out_w, p.out_b, h, self.i);
+            drop(inter);
+            dropout_add(&mut out, &h1, self.dropout.ffn_out);
+            layer_norm::forward_in_place(&mut out, p.ln2_g, p.ln2_b, eps);
+            return (out, None);
+        }
+        let h1 = layer_norm::forward(&s1, p.ln1_g, p.ln1_b, eps);
+        let pre_gelu = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
+        let post_gelu = gelu::forward(&pre_gelu);
+        let mut s2 = linear::forward(&post_gelu, p.out_w, p.out_b, h, self.i);
+        dropout_add(&mut s2, &h1, self.dropout.ffn_out);
+        let out = layer_norm::forward(&s2, p.ln2_g, p.ln2_b, eps);
+        (out, Some(Post { context, s1, h1, pre_gelu, post_gelu, s2 }))
     }
 
-    fn attention(&self) -> Attention {
+    /// Backward of [`Self::post_attention`] from the output gradient `dout`: writes the
+    /// gradients of the attention-output, LayerNorm and feed-forward parameters into `d` (the
+    /// twelve of [`Self::split_mut`]) and returns the gradients of the context and of the
+    /// residual input `x`.
+    pub(super) fn post_attention_backward(
+        &self,
+        post: Post,
+        p: &Params,
+        dout: &[f32],
+        d: &mut [&mut [f32]; 12],
+        row_step: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let [_, _, d_ao_w, d_ao_b, d_ln1_g, d_ln1_b, d_in_w, d_in_b, d_out_w, d_out_b, d_ln2_g, d_ln2_b] = d;
+        let (h, rows) = (self.h, dout.len() / self.h);
+        // out = LN2(s2), s2 = dropout(ffn) + h1.
+        let mut ds2 = vec![0f32; rows * h];
+        let sums = layer_norm::backward(&post.s2, p.ln2_g, dout, self.eps, &mut ds2);
+        d_ln2_g.copy_from_slice(&sums[..h]);
+        d_ln2_b.copy_from_slice(&sums[h..]);
+        drop(post.s2);
+        let mut buf = Vec::new();
+        let dffn = masked(&ds2, self.dropout.ffn_out, (h, row_step), &mut buf);
+        // ffn = post_gelu W_out^T + b_out; the residual gradient ds2 flows into h1.
+        let mut dpost = vec![0f32; rows * self.i];
+        linear::backward(&post.post_gelu, p.out_w, dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
+        drop(post.post_gelu);
+        gelu::backward_in_place(&post.pre_gelu, &mut dpost);
+        drop(post.pre_gelu);
+        let mut dh1 = ds2;
+        linear::backward(&post.h1, p.in_w, &dpost, (self.i, h), &mut dh1, true, d_in_w, d_in_b);
+        drop((dpost, post.h1));
+        // h1 = LN1(s1), s1 = dropout(attn) + x.
+        let mut ds1 = vec![0f32; rows * h];
+        let sums = layer_norm::backward(&post.s1, p.ln1_g, &dh1, self.eps, &mut ds1);
+        d_ln1_g.copy_from_slice(&sums[..h]);
+        d_ln1_b.copy_from_slice(&sums[h..]);
+        drop((dh1, post.s1));
+        let mut buf = Vec::new();
+        let dattn = masked(&ds1, self.dropout.attn_out, (h, row_step), &mut buf);
+        let mut dcontext = vec![0f32; rows * h];
+        linear::backward(&post.context, p.ao_w, dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
+        (dcontext, ds1)
+    }
+
+    pub(super) fn attention(&self) -> Attention {
         Attention { heads: self.heads, dropout: self.dropout.attn_probs.filter(|(p, _)| *p > 0.0) }
     }
 }
@@ -281,18 +289,10 @@ impl CustomOp3 for EncoderLayer {
         let (b, l, h) = l1.shape().dims3()?;
         let qkv = linear::forward(x, p.qkv_w, p.qkv_b, 3 * h, h);
         let context = self.attention().context(&qkv, mask, &Geometry::new(b, l, h, self.heads));
-        if !self.keep {
-            return Ok((CpuStorage::F32(self.forward_in_place(x, &context, &p)), l1.shape().clone()));
+        let (out, post) = self.post_attention(x, context, &p, 1);
+        if let Some(post) = post {
+            *self.saved.lock().expect("not poisoned") = Some(Saved { qkv, post });
         }
-        let mut s1 = linear::forward(&context, p.ao_w, p.ao_b, h, h);
-        dropout::dropout_add_in_place(&mut s1, x, keep_seed(self.dropout.attn_out));
-        let h1 = layer_norm::forward(&s1, p.ln1_g, p.ln1_b, self.eps);
-        let pre_gelu = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
-        let post_gelu = gelu::forward(&pre_gelu);
-        let mut s2 = linear::forward(&post_gelu, p.out_w, p.out_b, h, self.i);
-        dropout::dropout_add_in_place(&mut s2, &h1, keep_seed(self.dropout.ffn_out));
-        let out = layer_norm::forward(&s2, p.ln2_g, p.ln2_b, self.eps);
-        *self.saved.lock().expect("not poisoned") = Some(Saved { qkv, context, s1, h1, pre_gelu, post_gelu, s2 });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -317,40 +317,10 @@ impl CustomOp3 for EncoderLayer {
         let p = self.params(util::f32_slice(as_cpu(&p_s)?, p_l, self.name())?);
         let dout = util::f32_slice(as_cpu(&g_s)?, g_l, self.name())?;
         let (b, l, h) = x_l.shape().dims3()?;
-        let rows = b * l;
-
         let mut dparams = vec![0f32; self.param_count()];
-        let [d_qkv_w, d_qkv_b, d_ao_w, d_ao_b, d_ln1_g, d_ln1_b, d_in_w, d_in_b, d_out_w, d_out_b, d_ln2_g, d_ln2_b] =
-            self.split_mut(&mut dparams);
-
-        // out = LN2(s2), s2 = dropout(ffn) + h1.
-        let mut ds2 = vec![0f32; rows * h];
-        let sums = layer_norm::backward(&saved.s2, p.ln2_g, dout, self.eps, &mut ds2);
-        d_ln2_g.copy_from_slice(&sums[..h]);
-        d_ln2_b.copy_from_slice(&sums[h..]);
-        drop(saved.s2);
-        let mut buf = Vec::new();
-        let dffn = masked(&ds2, self.dropout.ffn_out, &mut buf);
-        // ffn = post_gelu W_out^T + b_out; the residual gradient ds2 flows into h1.
-        let mut dpost = vec![0f32; rows * self.i];
-        linear::backward(&saved.post_gelu, p.out_w, dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
-        drop(saved.post_gelu);
-        gelu::backward_in_place(&saved.pre_gelu, &mut dpost);
-        drop(saved.pre_gelu);
-        let mut dh1 = ds2;
-        linear::backward(&saved.h1, p.in_w, &dpost, (self.i, h), &mut dh1, true, d_in_w, d_in_b);
-        drop((dpost, saved.h1));
-        // h1 = LN1(s1), s1 = dropout(attn) + x.
-        let mut ds1 = vec![0f32; rows * h];
-        let sums = layer_norm::backward(&saved.s1, p.ln1_g, &dh1, self.eps, &mut ds1);
-        d_ln1_g.copy_from_slice(&sums[..h]);
-        d_ln1_b.copy_from_slice(&sums[h..]);
-        drop((dh1, saved.s1));
-        let mut buf = Vec::new();
-        let dattn = masked(&ds1, self.dropout.attn_out, &mut buf);
-        let mut dcontext = vec![0f32; rows * h];
-        linear::backward(&saved.context, p.ao_w, dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
-        drop(saved.context);
+        let mut d = self.split_mut(&mut dparams);
+        let (dcontext, ds1) = self.post_attention_backward(saved.post, &p, dout, &mut d, 1);
+        let [d_qkv_w, d_qkv_b, ..] = d;
         let dqkv = self.attention().grad(&saved.qkv, mask, &dcontext, &Geometry::new(b, l, h, self.heads));
         drop(dcontext);
         let mut dx = ds1;

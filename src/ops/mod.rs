@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod dropout;
 pub mod encoder_layer;
+pub mod first_position;
 mod gelu;
 mod head_matmul;
 mod layer_norm;
@@ -23,7 +24,8 @@ pub(crate) mod util;
 
 pub use attention::fused_attention;
 pub use dropout::dropout;
-pub use encoder_layer::{encoder_layer, encoder_layer_first_position};
+pub use encoder_layer::encoder_layer;
+pub use first_position::encoder_layer_first_position;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;

@@ -1,0 +1,132 @@
+//! The last encoder layer when only its first (`[CLS]`) position is read, as the classifier's
+//! pooler does: keys and values come from every position, but the query, the attention output
+//! dense, the feed-forward block and the LayerNorms run for the first position alone, which saves
+//! about five sixths of the layer. The backward is written out by hand like the whole layer's
+//! (see [`super::encoder_layer`]); dropout draws the masks the whole layer draws for those rows,
+//! so the result equals `encoder_layer(..).narrow(1, 0, 1)` in value and gradient.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use super::attention::Geometry;
+use super::encoder_layer::{as_cpu, EncoderLayer, LayerDropout, Post};
+use super::{linear, util};
+
+/// [`super::encoder_layer`] for the first position of the output only: `[B, 1, H]`.
+pub fn encoder_layer_first_position(
+    x: &Tensor,
+    mask_bias: &Tensor,
+    flat_params: &Tensor,
+    heads: usize,
+    intermediate: usize,
+    eps: f64,
+    dropout: LayerDropout,
+) -> Result<Tensor> {
+    let (b, l, h) = x.dims3()?;
+    if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
+        bail!(
+            "encoder_layer_first_position: x {:?}, mask {:?} and {heads} heads do not fit",
+            x.dims(),
+            mask_bias.dims()
+        );
+    }
+    let keep = x.track_op() || flat_params.track_op();
+    let layer = EncoderLayer::new(heads, h, intermediate, eps, dropout, keep);
+    if flat_params.elem_count() != layer.param_count() {
+        bail!(
+            "encoder_layer_first_position: {} parameters, expected {}",
+            flat_params.elem_count(),
+            layer.param_count()
+        );
+    }
+    let op = FirstPosition { layer, saved: Mutex::new(None) };
+    x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
+}
+
+/// The activations the backward pass reads.
+struct Saved {
+    q: Vec<f32>,
+    kv: Vec<f32>,
+    probs: Vec<f32>,
+    post: Post,
+}
+
+struct FirstPosition {
+    layer: EncoderLayer,
+    saved: Mutex<Option<Saved>>,
+}
+
+impl CustomOp3 for FirstPosition {
+    fn name(&self) -> &'static str {
+        "fused-encoder-layer-first-position"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = util::f32_slice(s1, l1, self.name())?;
+        let mask = util::f32_slice(s2, l2, self.name())?;
+        let p = self.layer.params(util::f32_slice(s3, l3, self.name())?);
+        let (b, l, h) = l1.shape().dims3()?;
+        let first: Vec<f32> = x.chunks_exact(l * h).flat_map(|row| &row[..h]).copied().collect();
+        let q = linear::forward(&first, &p.qkv_w[..h * h], &p.qkv_b[..h], h, h);
+        let kv = linear::forward(x, &p.qkv_w[h * h..], &p.qkv_b[h..], 2 * h, h);
+        let g = Geometry::new(b, l, h, self.layer.heads);
+        let (context, probs) = self.layer.attention().first_query_context(&q, &kv, mask, &g);
+        // Row r here is row r * l of the whole layer.
+        let (out, post) = self.layer.post_attention(&first, context, &p, l);
+        if let Some(post) = post {
+            *self.saved.lock().expect("not poisoned") = Some(Saved { q, kv, probs, post });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, 1, h))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _mask: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = self.saved.lock().expect("not poisoned").take() else {
+            bail!("{}: no activations kept (backward ran twice, or on an untracked forward)", self.name())
+        };
+        let grad = grad.contiguous()?;
+        let (x_s, x_l) = x.storage_and_layout();
+        let (p_s, p_l) = params.storage_and_layout();
+        let (g_s, g_l) = grad.storage_and_layout();
+        let x = util::f32_slice(as_cpu(&x_s)?, x_l, self.name())?;
+        let p = self.layer.params(util::f32_slice(as_cpu(&p_s)?, p_l, self.name())?);
+        let dout = util::f32_slice(as_cpu(&g_s)?, g_l, self.name())?;
+        let (b, l, h) = x_l.shape().dims3()?;
+
+        let mut dparams = vec![0f32; self.layer.param_count()];
+        let mut d = self.layer.split_mut(&mut dparams);
+        let (dcontext, dfirst_residual) = self.layer.post_attention_backward(saved.post, &p, dout, &mut d, l);
+        let [d_qkv_w, d_qkv_b, ..] = d;
+        let g = Geometry::new(b, l, h, self.layer.heads);
+        let (dq, dkv) = self.layer.attention().first_query_grad(&saved.q, &saved.kv, &saved.probs, &dcontext, &g);
+        drop((dcontext, saved.probs, saved.kv, saved.q));
+        // kv = x W_kv^T + b_kv over every position; q = first W_q^T + b_q.
+        let (dw_q, dw_kv) = d_qkv_w.split_at_mut(h * h);
+        let (db_q, db_kv) = d_qkv_b.split_at_mut(h);
+        let mut dx = vec![0f32; x.len()];
+        linear::backward(x, &p.qkv_w[h * h..], &dkv, (2 * h, h), &mut dx, false, dw_kv, db_kv);
+        let first: Vec<f32> = x.chunks_exact(l * h).flat_map(|row| &row[..h]).copied().collect();
+        let mut dfirst = dfirst_residual;
+        linear::backward(&first, &p.qkv_w[..h * h], &dq, (h, h), &mut dfirst, true, dw_q, db_q);
+        for (row, df) in dx.chunks_exact_mut(l * h).zip(dfirst.chunks_exact(h)) {
+            util::add_into(&mut row[..h], df);
+        }
+        let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
+        let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
+        Ok((Some(dx), None, Some(dparams)))
+    }
+}

@@ -324,9 +324,9 @@ fn main() {
         }
     }
     println!(
-        "\nGFLOP/s: the matmul FLOPs of the whole model's forward (x3 for a training step) per second. At \
-         inference our last layer computes the [CLS] position alone, so our figure there is an \
-         effective rate above the work actually done."
+        "\nGFLOP/s: the matmul FLOPs of the whole model's forward (x3 for a training step) per second. Our \
+         last layer computes the [CLS] position alone, so our figures are effective rates, above the \
+         work actually done."
     );
     if std::env::var("BENCH_TABLES").is_ok() {
         println!("\n| predict, minilm-l6, seq 128 | rows | ours ex/s | torch dynamic ex/s | ratio | torch pad-128 ex/s | ratio |");

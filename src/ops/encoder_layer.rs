@@ -122,11 +122,50 @@ pub(super) struct Params<'a> {
 }
 
 /// The CPU storage of a tensor's storage.
-pub(super) fn as_cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
+fn as_cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
     match s {
         candle_core::Storage::Cpu(c) => Ok(c),
         _ => bail!("fused-encoder-layer: expected CPU tensors"),
     }
+}
+
+/// The CPU data a layer op's backward pass reads.
+pub(super) struct BackwardInputs<'a> {
+    /// The layer input `[B, L, H]`.
+    pub(super) x: &'a [f32],
+    /// The additive attention mask `[B, L]`.
+    pub(super) mask: &'a [f32],
+    /// The flat parameters.
+    pub(super) params: &'a [f32],
+    /// The gradient of the op's output.
+    pub(super) dout: &'a [f32],
+    /// `(B, L, H)`.
+    pub(super) dims: (usize, usize, usize),
+}
+
+/// Runs the backward pass `body` of a layer op (`op` names it in errors) on the CPU data of its
+/// inputs `[x, mask, params]` and output gradient; `body` returns the gradients of `x` and of the
+/// parameters, which come back as tensors of their shapes (the mask gets none).
+pub(super) fn layer_backward(
+    op: &str,
+    [x, mask, params, grad]: [&Tensor; 4],
+    body: impl FnOnce(BackwardInputs) -> (Vec<f32>, Vec<f32>),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    let (x_s, x_l) = x.storage_and_layout();
+    let (m_s, m_l) = mask.storage_and_layout();
+    let (p_s, p_l) = params.storage_and_layout();
+    let (g_s, g_l) = grad.storage_and_layout();
+    let (dx, dparams) = body(BackwardInputs {
+        x: util::f32_slice(as_cpu(&x_s)?, x_l, op)?,
+        mask: util::f32_slice(as_cpu(&m_s)?, m_l, op)?,
+        params: util::f32_slice(as_cpu(&p_s)?, p_l, op)?,
+        dout: util::f32_slice(as_cpu(&g_s)?, g_l, op)?,
+        dims: x_l.shape().dims3()?,
+    });
+    let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
+    let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
+    Ok((Some(dx), None, Some(dparams)))
 }
 
 /// `g` (rows of `h` standing for every `row_step`-th row, see
@@ -307,27 +346,18 @@ impl CustomOp3 for EncoderLayer {
         let Some(saved) = self.saved.lock().expect("not poisoned").take() else {
             bail!("{}: no activations kept (backward ran twice, or on an untracked forward)", self.name())
         };
-        let grad = grad.contiguous()?;
-        let (x_s, x_l) = x.storage_and_layout();
-        let (m_s, m_l) = mask.storage_and_layout();
-        let (p_s, p_l) = params.storage_and_layout();
-        let (g_s, g_l) = grad.storage_and_layout();
-        let x = util::f32_slice(as_cpu(&x_s)?, x_l, self.name())?;
-        let mask = util::f32_slice(as_cpu(&m_s)?, m_l, self.name())?;
-        let p = self.params(util::f32_slice(as_cpu(&p_s)?, p_l, self.name())?);
-        let dout = util::f32_slice(as_cpu(&g_s)?, g_l, self.name())?;
-        let (b, l, h) = x_l.shape().dims3()?;
-        let mut dparams = vec![0f32; self.param_count()];
-        let mut d = self.split_mut(&mut dparams);
-        let (dcontext, ds1) = self.post_attention_backward(saved.post, &p, dout, &mut d, 1);
-        let [d_qkv_w, d_qkv_b, ..] = d;
-        let dqkv = self.attention().grad(&saved.qkv, mask, &dcontext, &Geometry::new(b, l, h, self.heads));
-        drop(dcontext);
-        let mut dx = ds1;
-        linear::backward(x, p.qkv_w, &dqkv, (3 * h, h), &mut dx, true, d_qkv_w, d_qkv_b);
-
-        let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
-        let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
-        Ok((Some(dx), None, Some(dparams)))
+        layer_backward(self.name(), [x, mask, params, grad], |i| {
+            let (b, l, h) = i.dims;
+            let p = self.params(i.params);
+            let mut dparams = vec![0f32; self.param_count()];
+            let mut d = self.split_mut(&mut dparams);
+            let (dcontext, ds1) = self.post_attention_backward(saved.post, &p, i.dout, &mut d, 1);
+            let [d_qkv_w, d_qkv_b, ..] = d;
+            let dqkv = self.attention().grad(&saved.qkv, i.mask, &dcontext, &Geometry::new(b, l, h, self.heads));
+            drop(dcontext);
+            let mut dx = ds1;
+            linear::backward(i.x, p.qkv_w, &dqkv, (3 * h, h), &mut dx, true, d_qkv_w, d_qkv_b);
+            (dx, dparams)
+        })
     }
 }

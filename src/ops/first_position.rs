@@ -9,7 +9,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 use super::attention::Geometry;
-use super::encoder_layer::{as_cpu, EncoderLayer, LayerDropout, Post};
+use super::encoder_layer::{layer_backward, EncoderLayer, LayerDropout, Post};
 use super::{linear, util};
 
 /// [`super::encoder_layer`] for the first position of the output only: `[B, 1, H]`.
@@ -43,6 +43,11 @@ pub fn encoder_layer_first_position(
     x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
 }
 
+/// The first row of each `[L, H]` block of `x`: `[B, H]`.
+fn first_rows(x: &[f32], l: usize, h: usize) -> Vec<f32> {
+    x.chunks_exact(l * h).flat_map(|row| &row[..h]).copied().collect()
+}
+
 /// The activations the backward pass reads.
 struct Saved {
     q: Vec<f32>,
@@ -74,7 +79,7 @@ impl CustomOp3 for FirstPosition {
         let mask = util::f32_slice(s2, l2, self.name())?;
         let p = self.layer.params(util::f32_slice(s3, l3, self.name())?);
         let (b, l, h) = l1.shape().dims3()?;
-        let first: Vec<f32> = x.chunks_exact(l * h).flat_map(|row| &row[..h]).copied().collect();
+        let first = first_rows(x, l, h);
         let q = linear::forward(&first, &p.qkv_w[..h * h], &p.qkv_b[..h], h, h);
         let kv = linear::forward(x, &p.qkv_w[h * h..], &p.qkv_b[h..], 2 * h, h);
         let g = Geometry::new(b, l, h, self.layer.heads);
@@ -90,7 +95,7 @@ impl CustomOp3 for FirstPosition {
     fn bwd(
         &self,
         x: &Tensor,
-        _mask: &Tensor,
+        mask: &Tensor,
         params: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
@@ -98,35 +103,27 @@ impl CustomOp3 for FirstPosition {
         let Some(saved) = self.saved.lock().expect("not poisoned").take() else {
             bail!("{}: no activations kept (backward ran twice, or on an untracked forward)", self.name())
         };
-        let grad = grad.contiguous()?;
-        let (x_s, x_l) = x.storage_and_layout();
-        let (p_s, p_l) = params.storage_and_layout();
-        let (g_s, g_l) = grad.storage_and_layout();
-        let x = util::f32_slice(as_cpu(&x_s)?, x_l, self.name())?;
-        let p = self.layer.params(util::f32_slice(as_cpu(&p_s)?, p_l, self.name())?);
-        let dout = util::f32_slice(as_cpu(&g_s)?, g_l, self.name())?;
-        let (b, l, h) = x_l.shape().dims3()?;
-
-        let mut dparams = vec![0f32; self.layer.param_count()];
-        let mut d = self.layer.split_mut(&mut dparams);
-        let (dcontext, dfirst_residual) = self.layer.post_attention_backward(saved.post, &p, dout, &mut d, l);
-        let [d_qkv_w, d_qkv_b, ..] = d;
-        let g = Geometry::new(b, l, h, self.layer.heads);
-        let (dq, dkv) = self.layer.attention().first_query_grad(&saved.q, &saved.kv, &saved.probs, &dcontext, &g);
-        drop((dcontext, saved.probs, saved.kv, saved.q));
-        // kv = x W_kv^T + b_kv over every position; q = first W_q^T + b_q.
-        let (dw_q, dw_kv) = d_qkv_w.split_at_mut(h * h);
-        let (db_q, db_kv) = d_qkv_b.split_at_mut(h);
-        let mut dx = vec![0f32; x.len()];
-        linear::backward(x, &p.qkv_w[h * h..], &dkv, (2 * h, h), &mut dx, false, dw_kv, db_kv);
-        let first: Vec<f32> = x.chunks_exact(l * h).flat_map(|row| &row[..h]).copied().collect();
-        let mut dfirst = dfirst_residual;
-        linear::backward(&first, &p.qkv_w[..h * h], &dq, (h, h), &mut dfirst, true, dw_q, db_q);
-        for (row, df) in dx.chunks_exact_mut(l * h).zip(dfirst.chunks_exact(h)) {
-            util::add_into(&mut row[..h], df);
-        }
-        let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
-        let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
-        Ok((Some(dx), None, Some(dparams)))
+        layer_backward(self.name(), [x, mask, params, grad], |i| {
+            let (b, l, h) = i.dims;
+            let p = self.layer.params(i.params);
+            let mut dparams = vec![0f32; self.layer.param_count()];
+            let mut d = self.layer.split_mut(&mut dparams);
+            let (dcontext, dfirst_residual) = self.layer.post_attention_backward(saved.post, &p, i.dout, &mut d, l);
+            let [d_qkv_w, d_qkv_b, ..] = d;
+            let g = Geometry::new(b, l, h, self.layer.heads);
+            let (dq, dkv) = self.layer.attention().first_query_grad(&saved.q, &saved.kv, &saved.probs, &dcontext, &g);
+            drop((dcontext, saved.probs, saved.kv, saved.q));
+            // kv = x W_kv^T + b_kv over every position; q = first W_q^T + b_q.
+            let (dw_q, dw_kv) = d_qkv_w.split_at_mut(h * h);
+            let (db_q, db_kv) = d_qkv_b.split_at_mut(h);
+            let mut dx = vec![0f32; i.x.len()];
+            linear::backward(i.x, &p.qkv_w[h * h..], &dkv, (2 * h, h), &mut dx, false, dw_kv, db_kv);
+            let mut dfirst = dfirst_residual;
+            linear::backward(&first_rows(i.x, l, h), &p.qkv_w[..h * h], &dq, (h, h), &mut dfirst, true, dw_q, db_q);
+            for (row, df) in dx.chunks_exact_mut(l * h).zip(dfirst.chunks_exact(h)) {
+                util::add_into(&mut row[..h], df);
+            }
+            (dx, dparams)
+        })
     }
 }

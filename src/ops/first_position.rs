@@ -2,7 +2,7 @@
 //! pooler does: keys and values come from every position, but the query, the attention output
 //! dense, the feed-forward block and the LayerNorms run for the first position alone, which saves
 //! about five sixths of the layer. The backward is written out by hand like the whole layer's
-//! (see [`super::encoder_layer`]); dropout draws the masks the whole layer draws for those rows,
+//! (see [`super::encoder_layer()`]); dropout draws the masks the whole layer draws for those rows,
 //! so the result equals `encoder_layer(..).narrow(1, 0, 1)` in value and gradient.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -12,7 +12,7 @@ use super::attention::Geometry;
 use super::encoder_layer::{layer_backward, EncoderLayer, LayerDropout, Post};
 use super::{linear, util};
 
-/// [`super::encoder_layer`] for the first position of the output only: `[B, 1, H]`.
+/// [`super::encoder_layer()`] for the first position of the output only: `[B, 1, H]`.
 pub fn encoder_layer_first_position(
     x: &Tensor,
     mask_bias: &Tensor,

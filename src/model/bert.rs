@@ -6,6 +6,7 @@ use crate::ops::encoder_layer::{LayerDropout, LayerParams};
 use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor, D};
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// Gets a weight tensor by its full name (`bert.encoder.layer.0...`).
 pub type WeightFn<'a> = dyn Fn(&str) -> anyhow::Result<Tensor> + 'a;
@@ -110,8 +111,9 @@ struct Layer {
     inter: Linear,
     out: Linear,
     out_norm: LayerNorm,
-    /// The flat parameters of the fused layer op, built once when no weight tracks gradients.
-    frozen_flat: Option<Tensor>,
+    /// The flat parameters of the fused layer op, kept after their first use when no weight
+    /// tracks gradients.
+    frozen_flat: OnceLock<Tensor>,
 }
 
 impl Layer {
@@ -127,12 +129,17 @@ impl Layer {
         }
     }
 
-    /// The flat parameters of the fused layer op (cached for frozen weights).
+    /// The flat parameters of the fused layer op (built once for frozen weights).
     fn flat_params(&self) -> Result<Tensor> {
-        match &self.frozen_flat {
-            Some(flat) => Ok(flat.clone()),
-            None => self.params().flatten(),
+        if let Some(flat) = self.frozen_flat.get() {
+            return Ok(flat.clone());
         }
+        let flat = self.params().flatten()?;
+        if !flat.track_op() {
+            // Another thread may have set it meanwhile: the same values.
+            let _ = self.frozen_flat.set(flat.clone());
+        }
+        Ok(flat)
     }
 }
 
@@ -157,7 +164,7 @@ impl Bert {
             let part = |n: &str, t: &str| get(&format!("{p}.attention.self.{n}.{t}"));
             let qkv_w = Tensor::cat(&[part("query", "weight")?, part("key", "weight")?, part("value", "weight")?], 0)?;
             let qkv_b = Tensor::cat(&[part("query", "bias")?, part("key", "bias")?, part("value", "bias")?], 0)?;
-            let mut layer = Layer {
+            layers.push(Layer {
                 qkv_w,
                 qkv_b,
                 attn_out: Linear::load(get, &format!("{p}.attention.output.dense"))?,
@@ -165,13 +172,8 @@ impl Bert {
                 inter: Linear::load(get, &format!("{p}.intermediate.dense"))?,
                 out: Linear::load(get, &format!("{p}.output.dense"))?,
                 out_norm: LayerNorm::load(get, &format!("{p}.output.LayerNorm"), eps)?,
-                frozen_flat: None,
-            };
-            if !layer.qkv_w.track_op() {
-                let flat = layer.params().flatten()?;
-                layer.frozen_flat = (!flat.track_op() && ops::attention::supported(&flat)).then_some(flat);
-            }
-            layers.push(layer);
+                frozen_flat: OnceLock::new(),
+            });
         }
         Ok(Bert {
             cfg: cfg.clone(),

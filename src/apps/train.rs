@@ -21,7 +21,7 @@ use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
 use crate::train::metrics::EvalReport;
 use crate::train::optimizer::Optimizer;
-use crate::train::trainer::{train, SaveReason, TrainSettings, TrainState, TrainTask};
+use crate::train::trainer::{train, Checkpoints, SaveReason, TrainSettings, TrainState, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -57,14 +57,6 @@ impl TrainTask for ClassifyTask<'_> {
         let model = Classifier::load(self.config, &|n| params.frozen(n))?;
         Ok(Some(evaluate_examples(&model, dev, self.batch_size, self.labels.len(), &self.device)?))
     }
-
-    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
-        self.writer.save(params, opt, state, reason)
-    }
-
-    fn save_all(&self) -> bool {
-        self.writer.save_all
-    }
 }
 
 /// Where and how a training run writes its checkpoints.
@@ -93,10 +85,12 @@ impl<'a> CheckpointWriter<'a> {
             save_all: cfg.args.save_all_checkpoints,
         })
     }
+}
 
+impl Checkpoints for CheckpointWriter<'_> {
     /// Writes metadata always; on a new best the weights, optimizer and trainer state, on a
     /// periodic save a `model_step_N.safetensors` copy.
-    pub fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
+    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
         let dir = &self.dir;
         save_metadata(dir, self.config, self.labels, &self.train_config, &self.model_dir)?;
         match reason {
@@ -109,6 +103,10 @@ impl<'a> CheckpointWriter<'a> {
             SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
         }
         Ok(())
+    }
+
+    fn save_all(&self) -> bool {
+        self.save_all
     }
 }
 
@@ -219,7 +217,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     };
     let settings = train_settings(cfg);
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
-    let state = train(&settings, &params, &train_rows, &task, resume_ref, device)?;
+    let state = train(&settings, &params, &train_rows, &task, &task.writer, resume_ref, device)?;
     match state.best_accuracy {
         Some(acc) => logging::info(format!(
             "training done: best validation accuracy {acc:.4}, model in {}",

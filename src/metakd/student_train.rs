@@ -38,8 +38,7 @@ use crate::model::params::Params;
 use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
 use crate::train::metrics::EvalReport;
-use crate::train::optimizer::Optimizer;
-use crate::train::trainer::{train, SaveReason, TrainState, TrainTask};
+use crate::train::trainer::{train, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use std::path::{Path, PathBuf};
@@ -358,14 +357,6 @@ impl TrainTask for StudentTask<'_> {
         let model = Classifier::load(self.config, &|n| params.frozen(n))?;
         Ok(Some(evaluate_examples(&model, dev, self.batch_size, self.labels.len(), &self.device)?))
     }
-
-    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
-        self.writer.save(params, opt, state, reason)
-    }
-
-    fn save_all(&self) -> bool {
-        self.writer.save_all
-    }
 }
 
 /// Adds `meta.fit_dense` (`H_s -> H_t`): from `source` when saved there with the right shape (a
@@ -493,7 +484,7 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
         }
     }
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
-    let state = train(&settings, &params, &train_rows, &task, resume_ref, device)?;
+    let state = train(&settings, &params, &train_rows, &task, &task.writer, resume_ref, device)?;
     match state.best_accuracy {
         Some(acc) => logging::info(format!(
             "training done: best validation accuracy ({}) {acc:.4}, student in {}",

@@ -34,8 +34,7 @@ use crate::model::params::Params;
 use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
 use crate::train::metrics::EvalReport;
-use crate::train::optimizer::Optimizer;
-use crate::train::trainer::{train, SaveReason, TrainState, TrainTask};
+use crate::train::trainer::{train, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -335,14 +334,6 @@ impl TrainTask for MetaTeacherTask<'_> {
         logging::info(format!("per-domain validation accuracy: {}", report.accuracy_line()));
         Ok(Some(report.all))
     }
-
-    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
-        self.writer.save(params, opt, state, reason)
-    }
-
-    fn save_all(&self) -> bool {
-        self.writer.save_all
-    }
 }
 
 /// `--mode=train` of the meta-teacher.
@@ -391,7 +382,7 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
     };
     let settings = train_settings(cfg);
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
-    let state = train(&settings, &params, &train_rows.examples, &task, resume_ref, device)?;
+    let state = train(&settings, &params, &train_rows.examples, &task, &task.writer, resume_ref, device)?;
     match state.best_accuracy {
         Some(acc) => logging::info(format!(
             "training done: best validation accuracy (all domains) {acc:.4}, meta-teacher in {}",

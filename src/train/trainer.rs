@@ -66,18 +66,24 @@ pub trait TrainTask {
     fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor>;
     /// Validation metrics, or None when the run does not evaluate.
     fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>>;
+}
+
+/// Where a training run persists its model.
+pub trait Checkpoints {
     /// Persists the model (and optimizer state).
     fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()>;
     /// Whether to keep a copy at every evaluation.
     fn save_all(&self) -> bool;
 }
 
-/// Trains `params` on `examples`; `resume` restores optimizer state and progress.
+/// Trains `params` on `examples`, saving to `checkpoints`; `resume` restores optimizer state and
+/// progress.
 pub fn train(
     settings: &TrainSettings,
     params: &Params,
     examples: &[Example],
     task: &dyn TrainTask,
+    checkpoints: &dyn Checkpoints,
     resume: Option<(TrainState, &std::collections::HashMap<String, Tensor>)>,
     device: &Device,
 ) -> Result<TrainState> {
@@ -160,37 +166,42 @@ pub fn train(
                 (window_rows, window_start) = (0, Instant::now());
             }
             if s.save_checkpoint_steps.is_some_and(|n| opt.steps.is_multiple_of(n)) {
-                evaluate_and_keep(task, params, &opt, &mut state)?;
+                evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
                 last_eval_step = Some(opt.steps);
             }
         }
         if s.save_checkpoint_steps.is_none() && last_eval_step != Some(opt.steps) {
             logging::info(format!("epoch {} done", epoch + 1));
-            evaluate_and_keep(task, params, &opt, &mut state)?;
+            evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
             last_eval_step = Some(opt.steps);
         }
     }
     if last_eval_step != Some(opt.steps) {
-        evaluate_and_keep(task, params, &opt, &mut state)?;
+        evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
     }
     Ok(state)
 }
 
 /// Evaluates, saves when the accuracy beats the best so far (always when there is no evaluation).
-fn evaluate_and_keep(task: &dyn TrainTask, params: &Params, opt: &Optimizer, state: &mut TrainState) -> Result<()> {
+fn evaluate_and_keep(
+    (task, checkpoints): (&dyn TrainTask, &dyn Checkpoints),
+    params: &Params,
+    opt: &Optimizer,
+    state: &mut TrainState,
+) -> Result<()> {
     match task.evaluate(params)? {
         Some(report) => {
             logging::info(format!("Evaluation at global step {}: {}", opt.steps, report.summary()));
-            if task.save_all() {
-                task.save(params, opt, state, SaveReason::Step(opt.steps))?;
+            if checkpoints.save_all() {
+                checkpoints.save(params, opt, state, SaveReason::Step(opt.steps))?;
             }
             if state.best_accuracy.is_none_or(|b| report.accuracy > b) {
                 state.best_accuracy = Some(report.accuracy);
-                task.save(params, opt, state, SaveReason::Best)?;
+                checkpoints.save(params, opt, state, SaveReason::Best)?;
                 logging::info(format!("new best accuracy {:.4}: checkpoint saved", report.accuracy));
             }
         }
-        None => task.save(params, opt, state, SaveReason::Best)?,
+        None => checkpoints.save(params, opt, state, SaveReason::Best)?,
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! inside every tiny product; no `[B, heads, L, L]` tensor, transposed copy or dropout mask is
 //! stored. The backward pass recomputes the probabilities (and regenerates the dropout mask from
 //! its seed) and writes the gradients of Q, K and V straight into a `[B, L, 3H]` tensor.
+//! Where the CPU has AVX-512 the scores, the context and the softmax run in the kernels of
+//! `ops::head_matmul`. The first-query variants serve [`super::first_position`].
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;

@@ -137,7 +137,6 @@ impl Attention {
                 let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
                 let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
                 // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
-                #[cfg(target_arch = "x86_64")]
                 if head_matmul::supported(g.dh) {
                     // SAFETY: supported; V and the context rows are l rows of dh inside qkv / out.
                     unsafe { head_matmul::context(probs, v, h3, (l, g.dh), dst, g.h) };
@@ -187,7 +186,7 @@ impl Attention {
                     for (s, key) in p.iter_mut().zip(kv.chunks_exact(2 * h)) {
                         *s = g.scale * util::dot_f64(q, &key[hi * dh..(hi + 1) * dh]) as f32;
                     }
-                    masked_softmax_rows(p, &mask[bi * l..(bi + 1) * l]);
+                    masked_softmax(p, &mask[bi * l..(bi + 1) * l]);
                     let p = match self.dropout {
                         Some((prob, seed)) => {
                             mask_into(dropped, p, seed, ((bi * heads + hi) * l * l) as u64, 1.0 - prob);
@@ -281,32 +280,15 @@ impl Attention {
         let q = qkv[base + hi * g.dh..].as_ptr();
         let k = qkv[base + g.h + hi * g.dh..].as_ptr();
         // S = Q K^T * scale: K^T element (kk, j) is K[j, kk].
-        #[cfg(target_arch = "x86_64")]
-        let done = head_matmul::supported(g.dh) && {
+        if head_matmul::supported(g.dh) {
             // SAFETY: supported; Q and K are l rows of dh inside qkv, h3 apart.
             unsafe { head_matmul::scores(q, h3, k, h3, (l, g.dh), g.scale, kt, p) };
-            true
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let done = {
-            let _ = kt;
-            false
-        };
-        if !done {
+        } else {
             unsafe {
                 util::matmul(l, l, g.dh, p.as_mut_ptr(), l, false, q, (h3, 1), k, (1, h3), g.scale, Parallelism::None)
             };
         }
-        let mask = &mask[bi * l..(bi + 1) * l];
-        #[cfg(target_arch = "x86_64")]
-        if done {
-            // SAFETY: the kernels ran, so the CPU has AVX-512.
-            unsafe { head_matmul::masked_softmax_rows(p, mask) };
-        } else {
-            masked_softmax_rows(p, mask);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        masked_softmax_rows(p, mask);
+        masked_softmax(p, &mask[bi * l..(bi + 1) * l]);
         if let Some((prob, seed)) = self.dropout {
             mask_into(pd, p, seed, ((bi * self.heads + hi) * l * l) as u64, 1.0 - prob);
         }
@@ -361,6 +343,17 @@ impl candle_core::CustomOp3 for AttentionGrad {
         let dctx = util::f32_slice(s3, l3, self.name())?;
         let g = op.geometry(l1)?;
         Ok((CpuStorage::F32(op.grad(qkv, mask, dctx, &g)), l1.shape().clone()))
+    }
+}
+
+/// Row-wise `softmax(s + mask)` of the scores `p` (rows of `mask.len()`), in place: the AVX-512
+/// kernel where the CPU has it, else the portable one.
+fn masked_softmax(p: &mut [f32], mask: &[f32]) {
+    if head_matmul::softmax_supported() {
+        // SAFETY: supported.
+        unsafe { head_matmul::masked_softmax_rows(p, mask) }
+    } else {
+        masked_softmax_rows(p, mask)
     }
 }
 

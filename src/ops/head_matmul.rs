@@ -3,7 +3,7 @@
 //! or 64, `L` up to a few hundred) a general GEMM spends much of its time packing and dispatching;
 //! these kernels keep a block of rows' accumulators in registers and read `Q`, `V` and `P` in
 //! place (only `K` is transposed, into a small buffer). Callers fall back to the GEMM when
-//! [`supported`] says no.
+//! [`supported`] says no. The masked softmax of the scores is here too ([`softmax_supported`]).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -17,6 +17,18 @@ pub(crate) fn supported(dh: usize) -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = dh;
+        false
+    }
+}
+
+/// Whether [`masked_softmax_rows`] runs on this CPU (AVX-512).
+pub(crate) fn softmax_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::util::has_avx512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
         false
     }
 }
@@ -72,7 +84,7 @@ unsafe fn transpose_keys(k: *const f32, ks: usize, (l, l16, dh): (usize, usize, 
 /// the same steps as the portable kernel, with an f32 sum over 16 lanes.
 ///
 /// # Safety
-/// [`supported`] must hold for some head size (the CPU has AVX-512).
+/// [`softmax_supported`] must hold.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) unsafe fn masked_softmax_rows(s: &mut [f32], mask: &[f32]) {
@@ -295,3 +307,37 @@ unsafe fn context_rows<const R: usize, const D: usize>(
         }
     }
 }
+
+/// Off x86-64 [`supported`] and [`softmax_supported`] are false, so nothing calls the kernels;
+/// these stand-ins let callers compile without target checks of their own.
+#[cfg(not(target_arch = "x86_64"))]
+mod unsupported {
+    const NEVER: &str = "head_matmul kernels run only where supported() holds";
+
+    /// Never called (see the module).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn scores(
+        _: *const f32,
+        _: usize,
+        _: *const f32,
+        _: usize,
+        _: (usize, usize),
+        _: f32,
+        _: &mut Vec<f32>,
+        _: &mut [f32],
+    ) {
+        unreachable!("{NEVER}")
+    }
+
+    /// Never called (see the module).
+    pub(crate) unsafe fn context(_: &[f32], _: *const f32, _: usize, _: (usize, usize), _: *mut f32, _: usize) {
+        unreachable!("{NEVER}")
+    }
+
+    /// Never called (see the module).
+    pub(crate) unsafe fn masked_softmax_rows(_: &mut [f32], _: &[f32]) {
+        unreachable!("{NEVER}")
+    }
+}
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) use unsupported::{context, masked_softmax_rows, scores};

@@ -49,12 +49,8 @@ struct Dropout {
 
 /// `src` times the dropout mask of `seed` (element index = position in `src`), in parallel.
 pub(crate) fn apply_mask(src: &[f32], keep: f32, seed: u64) -> Vec<f32> {
-    let mut out = vec![0f32; src.len()];
-    out.par_chunks_mut(util::ELEM_BLOCK)
-        .zip(src.par_chunks(util::ELEM_BLOCK))
-        .enumerate()
-        .for_each(|(c, (o, s))| mask_into(o, s, seed, (c * util::ELEM_BLOCK) as u64, keep));
-    out
+    // Blocks of ELEM_BLOCK elements, each standing for itself.
+    apply_mask_rows(src, keep, seed, util::ELEM_BLOCK, 1)
 }
 
 impl CustomOp1 for Dropout {
@@ -89,13 +85,10 @@ impl CustomOp1 for DropoutGrad {
     }
 }
 
-util::simd_fn! {
-    /// `o = s * mask`, the mask of elements `base..base + s.len()`.
-    pub(crate) fn mask_into(o: &mut [f32], s: &[f32], seed: u64, base: u64, keep: f32) {
-        for (k, (o, &v)) in o.iter_mut().zip(s).enumerate() {
-            *o = v * mask_factor(seed, base + k as u64, keep);
-        }
-    }
+/// `o = s * mask`, the mask of elements `base..base + s.len()`.
+pub(crate) fn mask_into(o: &mut [f32], s: &[f32], seed: u64, base: u64, keep: f32) {
+    o.copy_from_slice(s);
+    mask_in_place(o, seed, base, keep);
 }
 
 util::simd_fn! {

@@ -56,15 +56,6 @@ impl CustomOp2 for GeluErfBwd {
 }
 
 util::simd_fn! {
-    /// `y = gelu(x)`, elementwise.
-    fn gelu_into(y: &mut [f32], x: &[f32]) {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = gelu::<FMA>(x);
-        }
-    }
-}
-
-util::simd_fn! {
     /// `g *= gelu'(x)`, elementwise.
     fn gelu_grad_in_place(g: &mut [f32], x: &[f32]) {
         for (g, &x) in g.iter_mut().zip(x) {
@@ -76,7 +67,10 @@ util::simd_fn! {
 /// GELU of every element of `x`, in parallel.
 pub(crate) fn forward(x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(util::ELEM_BLOCK).zip(x.par_chunks(util::ELEM_BLOCK)).for_each(|(y, x)| gelu_into(y, x));
+    out.par_chunks_mut(util::ELEM_BLOCK).zip(x.par_chunks(util::ELEM_BLOCK)).for_each(|(y, x)| {
+        y.copy_from_slice(x);
+        gelu_in_place(y);
+    });
     out
 }
 

@@ -108,17 +108,6 @@ impl CustomOp3 for LayerNormBwd {
 }
 
 util::simd_fn! {
-    /// One row of the forward pass: `y = (x - mean) * rstd * gamma + beta`.
-    fn normalize_row(y: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) {
-        let (mean, rstd) = row_stats(x, eps);
-        let (mean, rstd) = (mean as f32, rstd as f32);
-        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-            *y = (x - mean) * rstd * g + b;
-        }
-    }
-}
-
-util::simd_fn! {
     /// One row of the backward pass: `dx` from the output gradient `g`; `acc` (`[dgamma, dbeta]`)
     /// accumulates the parameter gradients.
     fn normalize_row_grad(dx: &mut [f32], x: &[f32], g: &[f32], gamma: &[f32], acc: &mut [f32], eps: f64) {
@@ -149,7 +138,10 @@ util::simd_fn! {
 pub(crate) fn forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f32> {
     let h = gamma.len();
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| normalize_row(y, x, gamma, beta, eps));
+    out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
+        y.copy_from_slice(x);
+        normalize_row_in_place(y, gamma, beta, eps);
+    });
     out
 }
 
@@ -163,7 +155,7 @@ pub(crate) fn backward(x: &[f32], gamma: &[f32], grad: &[f32], eps: f64, dx: &mu
 }
 
 util::simd_fn! {
-    /// One row of the forward pass, in place.
+    /// One row of the forward pass, in place: `x = (x - mean) * rstd * gamma + beta`.
     fn normalize_row_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) {
         let (mean, rstd) = row_stats(x, eps);
         let (mean, rstd) = (mean as f32, rstd as f32);

@@ -64,25 +64,25 @@ impl CustomOp2 for AttentionSoftmax {
 }
 
 util::simd_fn! {
-/// Writes `softmax(s * scale + mask)` into `y`.
-fn softmax_row(s: &[f32], mask: &[f32], scale: f32, y: &mut [f32]) {
-    for ((y, &s), &m) in y.iter_mut().zip(s).zip(mask) {
-        *y = s * scale + m;
+    /// Writes `softmax(s * scale + mask)` into `y`.
+    fn softmax_row(s: &[f32], mask: &[f32], scale: f32, y: &mut [f32]) {
+        for ((y, &s), &m) in y.iter_mut().zip(s).zip(mask) {
+            *y = s * scale + m;
+        }
+        let max = util::max_f32(y);
+        if max == f32::NEG_INFINITY {
+            // Every key is masked with -inf: there is no distribution to take, return zeros.
+            y.fill(0.0);
+            return;
+        }
+        for y in y.iter_mut() {
+            *y = math::exp::<FMA>(*y - max);
+        }
+        let sum = util::sum_f64(y, |v| v as f64) as f32;
+        for y in y.iter_mut() {
+            *y /= sum;
+        }
     }
-    let max = util::max_f32(y);
-    if max == f32::NEG_INFINITY {
-        // Every key is masked with -inf: there is no distribution to take, return zeros.
-        y.fill(0.0);
-        return;
-    }
-    for y in y.iter_mut() {
-        *y = math::exp::<FMA>(*y - max);
-    }
-    let sum = util::sum_f64(y, |v| v as f64) as f32;
-    for y in y.iter_mut() {
-        *y /= sum;
-    }
-}
 }
 
 /// Backward op: inputs are the forward output `y` and the output gradient `g`; the result is

@@ -64,15 +64,7 @@ pub fn encoder_layer(
     eps: f64,
     dropout: LayerDropout,
 ) -> Result<Tensor> {
-    let (b, l, h) = x.dims3()?;
-    if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
-        bail!("encoder_layer: x {:?}, mask {:?} and {heads} heads do not fit", x.dims(), mask_bias.dims());
-    }
-    let keep = x.track_op() || flat_params.track_op();
-    let op = EncoderLayer { heads, h, i: intermediate, eps, dropout, keep, saved: Mutex::new(None) };
-    if flat_params.elem_count() != op.param_count() {
-        bail!("encoder_layer: {} parameters, expected {}", flat_params.elem_count(), op.param_count());
-    }
+    let op = EncoderLayer::for_inputs("encoder_layer", x, mask_bias, flat_params, (heads, intermediate, eps), dropout)?;
     x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
 }
 
@@ -96,12 +88,12 @@ pub(super) struct Post {
 /// [`encoder_layer`] and the shared part of [`super::first_position`].
 pub(super) struct EncoderLayer {
     pub(super) heads: usize,
-    pub(super) h: usize,
-    pub(super) i: usize,
-    pub(super) eps: f64,
-    pub(super) dropout: LayerDropout,
+    h: usize,
+    i: usize,
+    eps: f64,
+    dropout: LayerDropout,
     /// Whether to keep the activations (when a gradient may be asked for).
-    pub(super) keep: bool,
+    keep: bool,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -135,37 +127,10 @@ pub(super) struct BackwardInputs<'a> {
     pub(super) x: &'a [f32],
     /// The additive attention mask `[B, L]`.
     pub(super) mask: &'a [f32],
-    /// The flat parameters.
-    pub(super) params: &'a [f32],
     /// The gradient of the op's output.
     pub(super) dout: &'a [f32],
     /// `(B, L, H)`.
     pub(super) dims: (usize, usize, usize),
-}
-
-/// Runs the backward pass `body` of a layer op (`op` names it in errors) on the CPU data of its
-/// inputs `[x, mask, params]` and output gradient; `body` returns the gradients of `x` and of the
-/// parameters, which come back as tensors of their shapes (the mask gets none).
-pub(super) fn layer_backward(
-    op: &str,
-    [x, mask, params, grad]: [&Tensor; 4],
-    body: impl FnOnce(BackwardInputs) -> (Vec<f32>, Vec<f32>),
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let grad = grad.contiguous()?;
-    let (x_s, x_l) = x.storage_and_layout();
-    let (m_s, m_l) = mask.storage_and_layout();
-    let (p_s, p_l) = params.storage_and_layout();
-    let (g_s, g_l) = grad.storage_and_layout();
-    let (dx, dparams) = body(BackwardInputs {
-        x: util::f32_slice(as_cpu(&x_s)?, x_l, op)?,
-        mask: util::f32_slice(as_cpu(&m_s)?, m_l, op)?,
-        params: util::f32_slice(as_cpu(&p_s)?, p_l, op)?,
-        dout: util::f32_slice(as_cpu(&g_s)?, g_l, op)?,
-        dims: x_l.shape().dims3()?,
-    });
-    let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
-    let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
-    Ok((Some(dx), None, Some(dparams)))
 }
 
 /// `g` (rows of `h` standing for every `row_step`-th row, see
@@ -182,14 +147,67 @@ fn masked<'a>(g: &'a [f32], d: Option<(f32, u64)>, (h, row_step): (usize, usize)
 }
 
 /// `keep` and seed of a dropout site.
-pub(super) fn keep_seed(d: Option<(f32, u64)>) -> Option<(f32, u64)> {
+fn keep_seed(d: Option<(f32, u64)>) -> Option<(f32, u64)> {
     d.map(|(p, seed)| (1.0 - p, seed))
 }
 
 impl EncoderLayer {
-    /// A layer of `heads` heads, hidden size `h` and feed-forward size `i`.
-    pub(super) fn new(heads: usize, h: usize, i: usize, eps: f64, dropout: LayerDropout, keep: bool) -> Self {
-        EncoderLayer { heads, h, i, eps, dropout, keep, saved: Mutex::new(None) }
+    /// The layer of `heads` heads and feed-forward size `intermediate` for the input `x`
+    /// `[B, L, H]`, `mask_bias` `[B, L]` and `flat_params`, once they are checked to fit (`op`
+    /// names the caller in errors); it keeps activations when `x` or the parameters track
+    /// gradients.
+    pub(super) fn for_inputs(
+        op: &str,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        flat_params: &Tensor,
+        (heads, intermediate, eps): (usize, usize, f64),
+        dropout: LayerDropout,
+    ) -> Result<Self> {
+        let (b, l, h) = x.dims3()?;
+        if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
+            bail!("{op}: x {:?}, mask {:?} and {heads} heads do not fit", x.dims(), mask_bias.dims());
+        }
+        let keep = x.track_op() || flat_params.track_op();
+        let layer = EncoderLayer { heads, h, i: intermediate, eps, dropout, keep, saved: Mutex::new(None) };
+        if flat_params.elem_count() != layer.param_count() {
+            bail!("{op}: {} parameters, expected {}", flat_params.elem_count(), layer.param_count());
+        }
+        Ok(layer)
+    }
+
+    /// The backward pass of a layer op (`op` names it in errors) whose forward kept its
+    /// activations in `saved`: `body` gets them, the CPU data of the inputs `[x, mask, params]`
+    /// and output gradient, the parameter views and the twelve parameter gradients to fill
+    /// (zeroed), and returns the gradient of `x`. The gradients come back as tensors of their
+    /// inputs' shapes (the mask gets none).
+    pub(super) fn backward<T>(
+        &self,
+        op: &str,
+        saved: &Mutex<Option<T>>,
+        [x, mask, params, grad]: [&Tensor; 4],
+        body: impl FnOnce(T, BackwardInputs, &Params, &mut [&mut [f32]; 12]) -> Vec<f32>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(saved) = saved.lock().expect("not poisoned").take() else {
+            bail!("{op}: no activations kept (backward ran twice, or on an untracked forward)")
+        };
+        let grad = grad.contiguous()?;
+        let (x_s, x_l) = x.storage_and_layout();
+        let (m_s, m_l) = mask.storage_and_layout();
+        let (p_s, p_l) = params.storage_and_layout();
+        let (g_s, g_l) = grad.storage_and_layout();
+        let inputs = BackwardInputs {
+            x: util::f32_slice(as_cpu(&x_s)?, x_l, op)?,
+            mask: util::f32_slice(as_cpu(&m_s)?, m_l, op)?,
+            dout: util::f32_slice(as_cpu(&g_s)?, g_l, op)?,
+            dims: x_l.shape().dims3()?,
+        };
+        let p = self.params(util::f32_slice(as_cpu(&p_s)?, p_l, op)?);
+        let mut dparams = vec![0f32; self.param_count()];
+        let dx = body(saved, inputs, &p, &mut self.split_mut(&mut dparams));
+        let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
+        let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
+        Ok((Some(dx), None, Some(dparams)))
     }
 
     /// Sizes of the parameters in flat order.
@@ -198,12 +216,12 @@ impl EncoderLayer {
         [3 * h * h, 3 * h, h * h, h, h, h, i * h, i, h * i, h, h, h]
     }
 
-    pub(super) fn param_count(&self) -> usize {
+    fn param_count(&self) -> usize {
         self.sizes().iter().sum()
     }
 
     /// Splits a flat gradient buffer into the twelve parameters' gradients.
-    pub(super) fn split_mut<'a>(&self, mut flat: &'a mut [f32]) -> [&'a mut [f32]; 12] {
+    fn split_mut<'a>(&self, mut flat: &'a mut [f32]) -> [&'a mut [f32]; 12] {
         self.sizes().map(|n| {
             let (head, rest) = std::mem::take(&mut flat).split_at_mut(n);
             flat = rest;
@@ -343,21 +361,15 @@ impl CustomOp3 for EncoderLayer {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(saved) = self.saved.lock().expect("not poisoned").take() else {
-            bail!("{}: no activations kept (backward ran twice, or on an untracked forward)", self.name())
-        };
-        layer_backward(self.name(), [x, mask, params, grad], |i| {
+        self.backward(self.name(), &self.saved, [x, mask, params, grad], |saved: Saved, i, p, d| {
             let (b, l, h) = i.dims;
-            let p = self.params(i.params);
-            let mut dparams = vec![0f32; self.param_count()];
-            let mut d = self.split_mut(&mut dparams);
-            let (dcontext, ds1) = self.post_attention_backward(saved.post, &p, i.dout, &mut d, 1);
+            let (dcontext, ds1) = self.post_attention_backward(saved.post, p, i.dout, d, 1);
             let [d_qkv_w, d_qkv_b, ..] = d;
             let dqkv = self.attention().grad(&saved.qkv, i.mask, &dcontext, &Geometry::new(b, l, h, self.heads));
             drop(dcontext);
             let mut dx = ds1;
             linear::backward(i.x, p.qkv_w, &dqkv, (3 * h, h), &mut dx, true, d_qkv_w, d_qkv_b);
-            (dx, dparams)
+            dx
         })
     }
 }

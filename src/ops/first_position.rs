@@ -5,11 +5,11 @@
 //! (see [`super::encoder_layer()`]); dropout draws the masks the whole layer draws for those rows,
 //! so the result equals `encoder_layer(..).narrow(1, 0, 1)` in value and gradient.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 use super::attention::Geometry;
-use super::encoder_layer::{layer_backward, EncoderLayer, LayerDropout, Post};
+use super::encoder_layer::{EncoderLayer, LayerDropout, Post};
 use super::{linear, util};
 
 /// [`super::encoder_layer()`] for the first position of the output only: `[B, 1, H]`.
@@ -22,23 +22,14 @@ pub fn encoder_layer_first_position(
     eps: f64,
     dropout: LayerDropout,
 ) -> Result<Tensor> {
-    let (b, l, h) = x.dims3()?;
-    if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
-        bail!(
-            "encoder_layer_first_position: x {:?}, mask {:?} and {heads} heads do not fit",
-            x.dims(),
-            mask_bias.dims()
-        );
-    }
-    let keep = x.track_op() || flat_params.track_op();
-    let layer = EncoderLayer::new(heads, h, intermediate, eps, dropout, keep);
-    if flat_params.elem_count() != layer.param_count() {
-        bail!(
-            "encoder_layer_first_position: {} parameters, expected {}",
-            flat_params.elem_count(),
-            layer.param_count()
-        );
-    }
+    let layer = EncoderLayer::for_inputs(
+        "encoder_layer_first_position",
+        x,
+        mask_bias,
+        flat_params,
+        (heads, intermediate, eps),
+        dropout,
+    )?;
     let op = FirstPosition { layer, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
 }
@@ -100,18 +91,13 @@ impl CustomOp3 for FirstPosition {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(saved) = self.saved.lock().expect("not poisoned").take() else {
-            bail!("{}: no activations kept (backward ran twice, or on an untracked forward)", self.name())
-        };
-        layer_backward(self.name(), [x, mask, params, grad], |i| {
+        let layer = &self.layer;
+        layer.backward(self.name(), &self.saved, [x, mask, params, grad], |saved: Saved, i, p, d| {
             let (b, l, h) = i.dims;
-            let p = self.layer.params(i.params);
-            let mut dparams = vec![0f32; self.layer.param_count()];
-            let mut d = self.layer.split_mut(&mut dparams);
-            let (dcontext, dfirst_residual) = self.layer.post_attention_backward(saved.post, &p, i.dout, &mut d, l);
+            let (dcontext, dfirst_residual) = layer.post_attention_backward(saved.post, p, i.dout, d, l);
             let [d_qkv_w, d_qkv_b, ..] = d;
-            let g = Geometry::new(b, l, h, self.layer.heads);
-            let (dq, dkv) = self.layer.attention().first_query_grad(&saved.q, &saved.kv, &saved.probs, &dcontext, &g);
+            let g = Geometry::new(b, l, h, layer.heads);
+            let (dq, dkv) = layer.attention().first_query_grad(&saved.q, &saved.kv, &saved.probs, &dcontext, &g);
             drop((dcontext, saved.probs, saved.kv, saved.q));
             // kv = x W_kv^T + b_kv over every position; q = first W_q^T + b_q.
             let (dw_q, dw_kv) = d_qkv_w.split_at_mut(h * h);
@@ -123,7 +109,7 @@ impl CustomOp3 for FirstPosition {
             for (row, df) in dx.chunks_exact_mut(l * h).zip(dfirst.chunks_exact(h)) {
                 util::add_into(&mut row[..h], df);
             }
-            (dx, dparams)
+            dx
         })
     }
 }

@@ -87,6 +87,21 @@ impl<'a> CheckpointWriter<'a> {
     }
 }
 
+impl CheckpointWriter<'_> {
+    /// Logs the end of a run: the best validation accuracy, if any (`scope` names the rows it is
+    /// over where that is not plain), and where `what` was saved.
+    pub fn log_done(&self, state: &TrainState, what: &str, scope: Option<&str>) {
+        let place = format!("{what} in {}", self.dir.display());
+        match state.best_accuracy {
+            Some(acc) => {
+                let scope = scope.map(|s| format!(" ({s})")).unwrap_or_default();
+                logging::info(format!("training done: best validation accuracy{scope} {acc:.4}, {place}"))
+            }
+            None => logging::info(format!("training done: {place}")),
+        }
+    }
+}
+
 impl Checkpoints for CheckpointWriter<'_> {
     /// Writes metadata always; on a new best the weights, optimizer and trainer state, on a
     /// periodic save a `model_step_N.safetensors` copy.
@@ -218,13 +233,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let settings = train_settings(cfg);
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
     let state = train(&settings, &params, &train_rows, &task, &task.writer, resume_ref, device)?;
-    match state.best_accuracy {
-        Some(acc) => logging::info(format!(
-            "training done: best validation accuracy {acc:.4}, model in {}",
-            task.writer.dir.display()
-        )),
-        None => logging::info(format!("training done: model in {}", task.writer.dir.display())),
-    }
+    task.writer.log_done(&state, "model", None);
     Ok(())
 }
 

@@ -485,14 +485,7 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
     }
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
     let state = train(&settings, &params, &train_rows, &task, &task.writer, resume_ref, device)?;
-    match state.best_accuracy {
-        Some(acc) => logging::info(format!(
-            "training done: best validation accuracy ({}) {acc:.4}, student in {}",
-            meta.genre,
-            task.writer.dir.display()
-        )),
-        None => logging::info(format!("training done: student in {}", task.writer.dir.display())),
-    }
+    task.writer.log_done(&state, "student", Some(&meta.genre));
     Ok(())
 }
 

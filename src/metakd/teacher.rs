@@ -383,13 +383,7 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
     let settings = train_settings(cfg);
     let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
     let state = train(&settings, &params, &train_rows.examples, &task, &task.writer, resume_ref, device)?;
-    match state.best_accuracy {
-        Some(acc) => logging::info(format!(
-            "training done: best validation accuracy (all domains) {acc:.4}, meta-teacher in {}",
-            task.writer.dir.display()
-        )),
-        None => logging::info(format!("training done: meta-teacher in {}", task.writer.dir.display())),
-    }
+    task.writer.log_done(&state, "meta-teacher", Some("all domains"));
     Ok(())
 }
 

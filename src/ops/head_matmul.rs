@@ -131,14 +131,15 @@ fn lanes(n: usize) -> __mmask16 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn exp(x: __m512) -> __m512 {
+    use super::math::{EXP_MAX, EXP_MIN, EXP_POLY, NEG_LN2_HI, NEG_LN2_LO, ROUND_MAGIC};
     // max/min return their second operand when either is NaN: NaN propagates, as in the scalar.
-    let xc = _mm512_min_ps(_mm512_set1_ps(88.3), _mm512_max_ps(_mm512_set1_ps(-87.3), x));
-    let big = _mm512_set1_ps(12_582_912.0);
+    let xc = _mm512_min_ps(_mm512_set1_ps(EXP_MAX), _mm512_max_ps(_mm512_set1_ps(EXP_MIN), x));
+    let big = _mm512_set1_ps(ROUND_MAGIC);
     let k = _mm512_fmadd_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E), big);
     let n = _mm512_sub_ps(k, big);
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), xc));
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(NEG_LN2_LO), _mm512_fmadd_ps(n, _mm512_set1_ps(NEG_LN2_HI), xc));
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     let exp_r = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0));
@@ -146,7 +147,7 @@ unsafe fn exp(x: __m512) -> __m512 {
         _mm512_slli_epi32::<23>(_mm512_castps_si512(k)),
         _mm512_set1_epi32(127 << 23),
     ));
-    let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
+    let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_MIN));
     _mm512_maskz_mul_ps(!underflow, exp_r, two_n)
 }
 

@@ -18,25 +18,37 @@ pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// The constants of [`exp`] (and of the AVX-512 copy in `head_matmul`, which follows it step for
+/// step): below `EXP_MIN` the result is 0 (it would be subnormal), above `EXP_MAX` it saturates.
+pub(crate) const EXP_MIN: f32 = -87.3;
+/// See [`EXP_MIN`].
+pub(crate) const EXP_MAX: f32 = 88.3;
+/// `1.5 * 2^23`: adding it rounds to the nearest integer, which then sits in the low mantissa bits.
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+/// `-ln 2` split into a high part exact in f32 and a low correction (Cody-Waite).
+pub(crate) const NEG_LN2_HI: f32 = -0.693_359_4;
+/// See [`NEG_LN2_HI`].
+pub(crate) const NEG_LN2_LO: f32 = 2.121_944_4e-4;
+/// The Cephes `expf` polynomial, highest degree first.
+pub(crate) const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+
 /// `exp(x)` to ~1 ulp (Cephes `expf` polynomial). Returns 0 below -87.3 (where the result
 /// would be subnormal) and saturates at `exp(88.3)`; NaN propagates.
 #[inline(always)]
 pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
-    let xc = x.clamp(-87.3, 88.3);
+    let xc = x.clamp(EXP_MIN, EXP_MAX);
     // Round x / ln2 to the nearest integer n with the 1.5 * 2^23 trick: n then sits in the low
     // mantissa bits of `k`, so `k.to_bits() << 23` is n shifted into the exponent field.
-    let k = madd::<FMA>(xc, LOG2_E, 12_582_912.0);
-    let n = k - 12_582_912.0;
-    let r = madd::<FMA>(n, 2.121_944_4e-4, madd::<FMA>(n, -0.693_359_4, xc));
-    let p = 1.987_569_1e-4;
-    let p = madd::<FMA>(p, r, 1.398_199_9e-3);
-    let p = madd::<FMA>(p, r, 8.333_452e-3);
-    let p = madd::<FMA>(p, r, 4.166_579_6e-2);
-    let p = madd::<FMA>(p, r, 0.166_666_65);
-    let p = madd::<FMA>(p, r, 0.5);
+    let k = madd::<FMA>(xc, LOG2_E, ROUND_MAGIC);
+    let n = k - ROUND_MAGIC;
+    let r = madd::<FMA>(n, NEG_LN2_LO, madd::<FMA>(n, NEG_LN2_HI, xc));
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = madd::<FMA>(p, r, c);
+    }
     let exp_r = madd::<FMA>(p * r, r, r) + 1.0;
     let two_n = f32::from_bits((k.to_bits() << 23).wrapping_add(127 << 23));
-    if x < -87.3 {
+    if x < EXP_MIN {
         0.0
     } else {
         exp_r * two_n

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod distill;
+pub mod interrupt;
 pub mod logging;
 pub mod metakd;
 pub mod model;

@@ -1,5 +1,7 @@
-//! SIGINT and SIGTERM: the first one asks the run to stop at its next safe point (training saves
-//! its latest state, predict removes its temporary file); a second one ends the process at once.
+//! SIGINT and SIGTERM. By default they end the process at once (status 130 / 143). Inside work
+//! that has safe points (training saves its latest state, predict removes its temporary file),
+//! after [`defer`], the first one only asks the run to stop at its next safe point, and a second
+//! one ends the process at once.
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -7,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 /// The signal received (0: none).
 static RECEIVED: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+/// Whether a signal ends the process at once (true until [`defer`], and after a first signal).
+static IMMEDIATE: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 /// A run stopped by a signal; `main` exits with [`Interrupted::exit_code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,16 +48,24 @@ pub fn install() -> std::io::Result<()> {
         return Ok(());
     }
     let received = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(AtomicBool::new(false));
+    let immediate = Arc::new(AtomicBool::new(true));
     for signal in [SIGINT, SIGTERM] {
-        // Registered first, so it sees `seen` before the handlers below set it: a second
-        // signal exits at once with the conventional status.
-        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&seen))?;
-        signal_hook::flag::register(signal, Arc::clone(&seen))?;
+        // Registered first, so it reads `immediate` before the handler below sets it: exit at
+        // once unless deferred, and on a second signal.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&immediate))?;
+        signal_hook::flag::register(signal, Arc::clone(&immediate))?;
         signal_hook::flag::register_usize(signal, Arc::clone(&received), signal as usize)?;
     }
     let _ = RECEIVED.set(received);
+    let _ = IMMEDIATE.set(immediate);
     Ok(())
+}
+
+/// From now on the first signal is only recorded, for [`check`] to report at a safe point.
+pub fn defer() {
+    if let (Some(immediate), None) = (IMMEDIATE.get(), pending()) {
+        immediate.store(false, Ordering::SeqCst);
+    }
 }
 
 /// The pending interruption, if a signal arrived.

@@ -94,7 +94,7 @@ fn file_route_and_online_teacher_route_agree() {
     let out = easynlp_owned(&online);
     assert!(out.status.success(), "online route: {}", stderr(&out));
     let state = |d: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(d.join("trainer_state.json")).unwrap()).unwrap()
+        serde_json::from_str(&std::fs::read_to_string(d.join("latest/trainer_state.json")).unwrap()).unwrap()
     };
     assert_eq!(state(&a)["best_accuracy"], state(&b)["best_accuracy"]);
     let wa = std::fs::read(a.join("model.safetensors")).unwrap();

@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::metakd::{self, eval_args, read_json, scalar, train_args, Tables, DOMAINS, SCHEMA};
+use common::signals::{run_and_signal, SIGINT};
 use common::{easynlp_owned, stderr, tiny_bert};
 use easynlp::data::batch::{make_batch, Example};
 use easynlp::data::tokenize::Encoded;
@@ -293,21 +294,27 @@ fn teacher_needs_the_domain_and_weight_columns_and_finite_weights() {
 }
 
 #[test]
-fn resume_restores_the_domain_branch() {
+fn interrupted_and_resumed_equals_uninterrupted() {
     let t = tables();
-    let first = t.root.join("first");
     let udp = "use_sample_weights=True use_domain_loss=True domain_loss_weight=0.5";
-    let out = easynlp_owned(&teacher_args(&t, &first, udp));
+    // Three epochs, so that the signal lands well before the end however late it arrives.
+    let args = |ckpt: &Path| [teacher_args(&t, ckpt, udp), vec!["--epoch_num=3".to_string()]].concat();
+    let whole = t.root.join("whole");
+    let out = easynlp_owned(&args(&whole));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("newly initialised: meta.domain_embedding.weight"), "{}", stderr(&out));
-    let mut args = teacher_args(&t, &t.root.join("second"), udp);
-    args.push(format!("--resume_from_checkpoint={}", first.display()));
-    args.push("--epoch_num=2".into());
-    let out = easynlp_owned(&args);
+    let stopped = t.root.join("stopped");
+    let (status, log) = run_and_signal(&args(&stopped), "Evaluation at global step 3", SIGINT);
+    assert_eq!(status.code(), Some(130), "{log}");
+    let mut resumed = args(&stopped);
+    resumed.push(format!("--resume_from_checkpoint={}", stopped.display()));
+    let out = easynlp_owned(&resumed);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("resumed at optimizer step"), "{log}");
     assert!(!log.contains("meta.") && !log.contains("ignoring"), "the meta weights come from the checkpoint:\n{log}");
+    let bytes = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(bytes(&whole) == bytes(&stopped), "interrupted + resumed differs from uninterrupted");
 }
 
 #[test]

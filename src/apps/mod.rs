@@ -4,6 +4,7 @@
 pub mod evaluate;
 pub mod format;
 pub mod predict;
+pub mod run_state;
 pub mod text;
 pub mod train;
 

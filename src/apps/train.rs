@@ -2,6 +2,7 @@
 
 use super::evaluate::{check_sequence_length, evaluate_examples};
 use super::predict::model_outputs;
+use super::run_state::RunStart;
 use super::text::encode_rows;
 use crate::cli::config::RunConfig;
 use crate::data::batch::{Batch, Example};
@@ -13,18 +14,16 @@ use crate::distill::logits::read_teacher_logits;
 use crate::logging;
 use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::load_checkpoint;
-use crate::model::checkpoint::{save_metadata, save_tensors};
 use crate::model::classifier::{init_head, Classifier};
 use crate::model::config::BertConfig;
 use crate::model::params::{read_weights, Params};
 use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
 use crate::train::metrics::EvalReport;
-use crate::train::optimizer::Optimizer;
-use crate::train::trainer::{train, Checkpoints, SaveReason, TrainSettings, TrainState, TrainTask};
+use crate::train::trainer::{train, TrainSettings, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Fine-tuning with cross-entropy, evaluated on the validation table.
 struct ClassifyTask<'a> {
@@ -32,7 +31,6 @@ struct ClassifyTask<'a> {
     labels: &'a LabelSet,
     dev: Option<Vec<Example>>,
     batch_size: usize,
-    writer: CheckpointWriter<'a>,
     device: Device,
     /// Vanilla KD `(temperature, alpha)`; the batches then carry teacher logits.
     kd: Option<(f64, f64)>,
@@ -59,74 +57,8 @@ impl TrainTask for ClassifyTask<'_> {
     }
 }
 
-/// Where and how a training run writes its checkpoints.
-pub(crate) struct CheckpointWriter<'a> {
-    /// The checkpoint directory (`--checkpoint_dir`).
-    pub dir: PathBuf,
-    config: &'a BertConfig,
-    labels: &'a LabelSet,
-    model_dir: PathBuf,
-    train_config: serde_json::Value,
-    /// `--save_all_checkpoints`.
-    pub save_all: bool,
-}
-
-impl<'a> CheckpointWriter<'a> {
-    /// A writer for the run `cfg` started from `model_dir`; creates the checkpoint directory.
-    pub fn new(cfg: &RunConfig, config: &'a BertConfig, labels: &'a LabelSet, model_dir: &Path) -> Result<Self> {
-        let dir = cfg.checkpoint_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(CheckpointWriter {
-            dir,
-            config,
-            labels,
-            model_dir: model_dir.to_path_buf(),
-            train_config: train_config_json(cfg, model_dir),
-            save_all: cfg.args.save_all_checkpoints,
-        })
-    }
-}
-
-impl CheckpointWriter<'_> {
-    /// Logs the end of a run: the best validation accuracy, if any (`scope` names the rows it is
-    /// over where that is not plain), and where `what` was saved.
-    pub fn log_done(&self, state: &TrainState, what: &str, scope: Option<&str>) {
-        let place = format!("{what} in {}", self.dir.display());
-        match state.best_accuracy {
-            Some(acc) => {
-                let scope = scope.map(|s| format!(" ({s})")).unwrap_or_default();
-                logging::info(format!("training done: best validation accuracy{scope} {acc:.4}, {place}"))
-            }
-            None => logging::info(format!("training done: {place}")),
-        }
-    }
-}
-
-impl Checkpoints for CheckpointWriter<'_> {
-    /// Writes metadata always; on a new best the weights, optimizer and trainer state, on a
-    /// periodic save a `model_step_N.safetensors` copy.
-    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()> {
-        let dir = &self.dir;
-        save_metadata(dir, self.config, self.labels, &self.train_config, &self.model_dir)?;
-        match reason {
-            SaveReason::Best => {
-                save_tensors(&params.tensors(), &dir.join("model.safetensors"))?;
-                save_tensors(&opt.state_tensors()?, &dir.join("optimizer.safetensors"))?;
-                let state = serde_json::to_string_pretty(state)?;
-                crate::model::checkpoint::write_atomic(&dir.join("trainer_state.json"), state.as_bytes())?;
-            }
-            SaveReason::Step(n) => save_tensors(&params.tensors(), &dir.join(format!("model_step_{n}.safetensors")))?,
-        }
-        Ok(())
-    }
-
-    fn save_all(&self) -> bool {
-        self.save_all
-    }
-}
-
-/// The training-loop settings of a run, from its flags.
-pub(crate) fn train_settings(cfg: &RunConfig) -> TrainSettings {
+/// The training-loop settings of a run, from its flags and the seed it uses.
+pub(crate) fn train_settings(cfg: &RunConfig, seed: u64) -> TrainSettings {
     TrainSettings {
         epochs: cfg.args.epoch_num,
         batch_size: cfg.args.micro_batch_size,
@@ -138,7 +70,7 @@ pub(crate) fn train_settings(cfg: &RunConfig) -> TrainSettings {
         optimizer: cfg.args.optimizer_type,
         logging_steps: cfg.args.logging_steps,
         save_checkpoint_steps: cfg.args.save_checkpoint_steps,
-        seed: cfg.seed,
+        seed,
     }
 }
 
@@ -148,15 +80,15 @@ fn load_examples(cfg: &RunConfig, path: &Path, tokenizer: &BertTokenizer, labels
     encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))
 }
 
-/// Loads the starting weights: a resumed checkpoint, or the pretrained model plus a new head.
+/// Loads the starting weights from `source` (the pretrained model, or the latest state of a
+/// resumed run) and creates a missing head.
 pub(crate) fn initial_params(
     cfg: &RunConfig,
-    model_dir: &Path,
+    source: &Path,
     config: &BertConfig,
     labels: &LabelSet,
     device: &Device,
 ) -> Result<Params> {
-    let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(model_dir);
     let (mut weights, mut unexpected) = read_weights(source, device)?;
     if cfg.meta_teacher.is_some() || cfg.meta_student.is_some() {
         // The Meta-KD domain branch (and a student's fit_dense), read by crate::metakd.
@@ -207,6 +139,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let config = BertConfig::load(&model_dir)?;
     check_sequence_length(cfg, config.max_position_embeddings)?;
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
+    let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;
     let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let mut train_rows = load_examples(cfg, &cfg.tables[0], &tokenizer, &labels)?;
     if let Some(kd) = &cfg.kd {
@@ -214,26 +147,20 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     }
     let do_eval = cfg.udp.bool("do_eval", true)?;
     let dev = if do_eval { Some(load_examples(cfg, cfg.last_table(), &tokenizer, &labels)?) } else { None };
-    let params = initial_params(cfg, &model_dir, &config, &labels, device)?;
+    let params = initial_params(cfg, &start.weights_source, &config, &labels, device)?;
     Classifier::load(&config, &|n| params.frozen(n))
         .with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
-    let resume = match cfg.args.resume_from_checkpoint.as_deref() {
-        Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
-        None => None,
-    };
     let task = ClassifyTask {
         config: &config,
         labels: &labels,
         dev,
         batch_size: cfg.args.micro_batch_size,
-        writer: CheckpointWriter::new(cfg, &config, &labels, &model_dir)?,
         device: device.clone(),
         kd: cfg.kd.as_ref().map(|k| (k.temperature, k.alpha)),
     };
-    let settings = train_settings(cfg);
-    let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
-    let state = train(&settings, &params, &train_rows, &task, &task.writer, resume_ref, device)?;
-    task.writer.log_done(&state, "model", None);
+    let settings = train_settings(cfg, start.seed);
+    let state = train(&settings, &params, &train_rows, &task, &start.writer, start.resume, device)?;
+    start.writer.log_done(&state, "model", None);
     Ok(())
 }
 
@@ -288,25 +215,6 @@ fn attach_teacher_logits(
         row.teacher_logits = Some(l);
     }
     Ok(())
-}
-
-pub(crate) fn read_resume_state(
-    dir: &Path,
-    device: &Device,
-) -> Result<(TrainState, std::collections::HashMap<String, Tensor>)> {
-    let state_path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&state_path).with_context(|| {
-        format!(
-            "--resume_from_checkpoint: {} is not a checkpoint of this program (no trainer_state.json)",
-            dir.display()
-        )
-    })?;
-    let state: TrainState =
-        serde_json::from_str(&text).with_context(|| format!("{}: bad trainer state", state_path.display()))?;
-    let opt_path = dir.join("optimizer.safetensors");
-    let tensors = candle_core::safetensors::load(&opt_path, device)
-        .with_context(|| format!("cannot read {}", opt_path.display()))?;
-    Ok((state, tensors))
 }
 
 /// Every flag of the run plus the resolved model, saved as `train_config.json`.

@@ -58,6 +58,11 @@ impl UserParams {
         self.values.get(key).map(String::as_str)
     }
 
+    /// Every `(key, value)`, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// A string value that must be present.
     pub fn require(&self, key: &str) -> Result<&str> {
         match self.get(key) {

@@ -20,8 +20,9 @@ use super::student::{instance_weights, layer_map, per_instance_mse, weighted_mea
 use super::teacher::{add_meta_params, content_mean, meta_config, row_domains, CORRUPT_DENSE, DOMAIN_EMBEDDING};
 use crate::apps::evaluate::{check_sequence_length, evaluate_examples};
 use crate::apps::predict::model_outputs;
+use crate::apps::run_state::RunStart;
 use crate::apps::text::encode_rows;
-use crate::apps::train::{initial_params, read_resume_state, train_settings, CheckpointWriter};
+use crate::apps::train::{initial_params, train_settings};
 use crate::cli::config::RunConfig;
 use crate::cli::udp::UserParams;
 use crate::data::batch::{Batch, Example};
@@ -291,7 +292,6 @@ struct StudentTask<'a> {
     map: Option<LayerMap>,
     dev: Option<Vec<Example>>,
     batch_size: usize,
-    writer: CheckpointWriter<'a>,
     device: Device,
 }
 
@@ -416,6 +416,7 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
         ),
         Stage::Second => None,
     };
+    let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;
     let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let stage1 = meta.stage == Stage::First;
     let mut train_rows = load_genre_rows(cfg, meta, &cfg.tables[0], &tokenizer, &labels, stage1)?;
@@ -424,9 +425,9 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
     } else {
         None
     };
-    let mut params = initial_params(cfg, &model_dir, &config, &labels, device)?;
+    let mut params = initial_params(cfg, &start.weights_source, &config, &labels, device)?;
     if stage1 {
-        let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(&model_dir);
+        let source = &start.weights_source;
         let mut rng = Rng::new(cfg.seed ^ 0x6D65_7461_2D73_7464);
         let mut created = add_meta_params(&mut params, source, &config, meta.domains.len(), &mut rng, device)?;
         created.extend(add_fit_dense(&mut params, source, &config, teacher.config.hidden_size, &mut rng, device)?);
@@ -445,10 +446,6 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
             row.teacher_logits = Some(l);
         }
     }
-    let resume = match cfg.args.resume_from_checkpoint.as_deref() {
-        Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
-        None => None,
-    };
     logging::info(format!(
         "Meta-KD student, stage {}: genre {} ({} training rows), teacher {} ({} layers), student {} layers, {}",
         if stage1 { "first" } else { "second" },
@@ -471,10 +468,9 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
         map,
         dev,
         batch_size: cfg.args.micro_batch_size,
-        writer: CheckpointWriter::new(cfg, &config, &labels, &model_dir)?,
         device: device.clone(),
     };
-    let mut settings = train_settings(cfg);
+    let mut settings = train_settings(cfg, start.seed);
     if stage1 {
         // No evaluator: one save at the end (EasyNLP saves nothing when save_checkpoint_steps is given).
         if settings.save_checkpoint_steps.take().is_some() {
@@ -483,9 +479,8 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
             );
         }
     }
-    let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
-    let state = train(&settings, &params, &train_rows, &task, &task.writer, resume_ref, device)?;
-    task.writer.log_done(&state, "student", Some(&meta.genre));
+    let state = train(&settings, &params, &train_rows, &task, &start.writer, start.resume, device)?;
+    start.writer.log_done(&state, "student", Some(&meta.genre));
     Ok(())
 }
 

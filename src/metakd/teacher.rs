@@ -17,8 +17,9 @@
 use super::domain_eval::{score_rows, DomainReport};
 use super::parse_domain_label;
 use super::tables::check_domain;
+use crate::apps::run_state::RunStart;
 use crate::apps::text::encode_rows;
-use crate::apps::train::{initial_params, read_resume_state, train_settings, CheckpointWriter};
+use crate::apps::train::{initial_params, train_settings};
 use crate::cli::config::RunConfig;
 use crate::cli::udp::UserParams;
 use crate::data::batch::{Batch, Example};
@@ -291,7 +292,6 @@ struct MetaTeacherTask<'a> {
     meta: &'a MetaTeacherSettings,
     dev: Option<DomainExamples>,
     batch_size: usize,
-    writer: CheckpointWriter<'a>,
     device: Device,
     seed: u64,
 }
@@ -344,13 +344,14 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
     crate::apps::evaluate::check_sequence_length(cfg, base.max_position_embeddings)?;
     let config = meta_config(&base, &meta.domains);
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
+    let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;
     let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let train_rows = load_meta_table(cfg, meta, &cfg.tables[0], &tokenizer, &labels, true)?;
     let do_eval = cfg.udp.bool("do_eval", true)?;
     let dev =
         if do_eval { Some(load_meta_table(cfg, meta, cfg.last_table(), &tokenizer, &labels, false)?) } else { None };
-    let mut params = initial_params(cfg, &model_dir, &config, &labels, device)?;
-    let source = cfg.args.resume_from_checkpoint.as_deref().map(Path::new).unwrap_or(&model_dir);
+    let mut params = initial_params(cfg, &start.weights_source, &config, &labels, device)?;
+    let source = &start.weights_source;
     let mut rng = Rng::new(cfg.seed ^ 0x6D65_7461_2D6B_6400);
     let created = add_meta_params(&mut params, source, &config, meta.domains.len(), &mut rng, device)?;
     if !created.is_empty() {
@@ -358,10 +359,6 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
     }
     MetaTeacher::load(&config, &|n| params.frozen(n))
         .with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
-    let resume = match cfg.args.resume_from_checkpoint.as_deref() {
-        Some(dir) => Some(read_resume_state(Path::new(dir), device)?),
-        None => None,
-    };
     logging::info(format!(
         "Meta-KD meta-teacher: {} domains ({}), use_sample_weights={}, use_domain_loss={}, domain_loss_weight={}",
         meta.domains.len(),
@@ -376,14 +373,12 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
         meta,
         dev,
         batch_size: cfg.args.micro_batch_size,
-        writer: CheckpointWriter::new(cfg, &config, &labels, &model_dir)?,
         device: device.clone(),
-        seed: cfg.seed,
+        seed: start.seed,
     };
-    let settings = train_settings(cfg);
-    let resume_ref = resume.as_ref().map(|(s, t)| (s.clone(), t));
-    let state = train(&settings, &params, &train_rows.examples, &task, &task.writer, resume_ref, device)?;
-    task.writer.log_done(&state, "meta-teacher", Some("all domains"));
+    let settings = train_settings(cfg, start.seed);
+    let state = train(&settings, &params, &train_rows.examples, &task, &start.writer, start.resume, device)?;
+    start.writer.log_done(&state, "meta-teacher", Some("all domains"));
     Ok(())
 }
 

@@ -3,8 +3,9 @@
 use super::config::BertConfig;
 use super::params::{read_weights, Params};
 use crate::data::labels::LabelSet;
+use crate::persist::DirTxn;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,10 +22,19 @@ pub struct Checkpoint {
     pub dir: PathBuf,
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half a file.
+/// Writes `bytes` to `path` through a temporary file, fsynced, and a rename, so readers never
+/// see half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let written = (|| -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
 }
 
@@ -32,13 +42,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
-}
-
-/// Saves tensors as safetensors atomically.
-pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = temp_path(path);
-    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
 }
 
 /// The `config.json` of a fine-tuned classifier: the backbone config plus labels and architecture.
@@ -56,28 +59,26 @@ pub fn classifier_config_json(cfg: &BertConfig, labels: &LabelSet) -> Value {
     Value::Object(raw)
 }
 
-/// Writes everything except the weights: config, label mapping, train config and tokenizer files
-/// copied from `tokenizer_src`.
+/// Writes everything except the weights into a new version of a checkpoint directory: config,
+/// label mapping, train config and the tokenizer files copied from `tokenizer_src`.
 pub fn save_metadata(
-    dir: &Path,
+    txn: &DirTxn,
     cfg: &BertConfig,
     labels: &LabelSet,
     train_config: &Value,
     tokenizer_src: &Path,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint dir {}", dir.display()))?;
     let config = serde_json::to_string_pretty(&classifier_config_json(cfg, labels))?;
-    write_atomic(&dir.join("config.json"), format!("{config}\n").as_bytes())?;
+    txn.write("config.json", format!("{config}\n").as_bytes())?;
     let mapping: serde_json::Map<String, Value> =
         labels.names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
-    write_atomic(&dir.join("label_mapping.json"), serde_json::to_string(&mapping)?.as_bytes())?;
-    write_atomic(&dir.join("train_config.json"), serde_json::to_string_pretty(train_config)?.as_bytes())?;
+    txn.write("label_mapping.json", serde_json::to_string(&mapping)?.as_bytes())?;
+    txn.write("train_config.json", serde_json::to_string_pretty(train_config)?.as_bytes())?;
     for file in ["vocab.txt", "tokenizer.json", "special_tokens_map.json", "tokenizer_config.json"] {
         let src = tokenizer_src.join(file);
-        let dst = dir.join(file);
-        if src.is_file() && src.canonicalize().ok() != dst.canonicalize().ok() {
+        if src.is_file() {
             let bytes = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
-            write_atomic(&dst, &bytes)?;
+            txn.write(file, &bytes)?;
         }
     }
     Ok(())

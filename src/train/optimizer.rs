@@ -142,7 +142,9 @@ fn squared_norm(t: &Tensor) -> Result<f64> {
     let (storage, layout) = t.storage_and_layout();
     if let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage {
         if let Some((a, b)) = layout.contiguous_offsets() {
-            return Ok(data[a..b].par_chunks(1 << 15).map(crate::ops::util::sum_squares).sum());
+            // Partial sums collected, then added in chunk order: the same bits on every run.
+            let partials: Vec<f64> = data[a..b].par_chunks(1 << 15).map(crate::ops::util::sum_squares).collect();
+            return Ok(partials.iter().sum());
         }
     }
     Ok(t.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)

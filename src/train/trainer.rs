@@ -10,7 +10,7 @@ use crate::logging;
 use crate::model::bert::ForwardCtx;
 use crate::model::params::Params;
 use crate::rng::Rng;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use std::time::Instant;
@@ -42,22 +42,104 @@ pub struct TrainSettings {
     pub seed: u64,
 }
 
-/// Progress of a run, saved beside resumable checkpoints.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+/// How a run's micro-batches group into optimizer steps: every epoch is cut the same way, so
+/// step `g` (0-based) is step `g % steps_per_epoch` of epoch `g / steps_per_epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Micro-batches in one epoch.
+    pub batches_per_epoch: usize,
+    /// Micro-batches per optimizer step (the last step of an epoch may hold fewer).
+    pub accumulation: usize,
+    /// Optimizer steps per epoch: `ceil(batches_per_epoch / accumulation)`.
+    pub steps_per_epoch: usize,
+    /// Optimizer steps of the run: `ceil(steps_per_epoch * epochs)`.
+    pub total_steps: usize,
+    /// Epochs the run touches (the last one partly when `epochs` is fractional).
+    pub epochs: usize,
+}
+
+impl StepPlan {
+    /// The plan for `rows` rows in micro-batches of `batch_size`.
+    pub fn new(rows: usize, batch_size: usize, accumulation: usize, epochs: f64) -> Self {
+        let batches_per_epoch = rows.div_ceil(batch_size.max(1)).max(1);
+        let accumulation = accumulation.max(1);
+        let steps_per_epoch = batches_per_epoch.div_ceil(accumulation);
+        let total_steps = ((steps_per_epoch as f64) * epochs).ceil().max(1.0) as usize;
+        StepPlan {
+            batches_per_epoch,
+            accumulation,
+            steps_per_epoch,
+            total_steps,
+            epochs: total_steps.div_ceil(steps_per_epoch),
+        }
+    }
+
+    /// `(epoch, step within the epoch)` of optimizer step `step` (0-based).
+    pub fn locate(&self, step: usize) -> (usize, usize) {
+        (step / self.steps_per_epoch, step % self.steps_per_epoch)
+    }
+
+    /// The positions, in its epoch's batch order, of the micro-batches of step `step_in_epoch`.
+    pub fn micro_batches(&self, step_in_epoch: usize) -> std::ops::Range<usize> {
+        let start = step_in_epoch * self.accumulation;
+        start..(start + self.accumulation).min(self.batches_per_epoch)
+    }
+}
+
+/// Progress of a run, saved with its latest state: enough to continue it bit for bit.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainState {
     /// Optimizer steps done.
     pub global_step: usize,
+    /// The epoch (0-based) of the next step.
+    pub epoch: usize,
+    /// The position in that epoch's batch order of the next micro-batch.
+    pub next_micro_batch: usize,
+    /// The seed actually used (drawn when `--random_seed` is not positive).
+    pub seed: u64,
     /// Best validation accuracy so far.
     pub best_accuracy: Option<f64>,
+    /// The step of the best validation accuracy.
+    pub best_step: Option<usize>,
+    /// The step of the last evaluation (or save without evaluation).
+    pub last_eval_step: Option<usize>,
 }
 
-/// Why the task is asked to save.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum SaveReason {
-    /// A new best validation score (or the end of a run without evaluation).
-    Best,
-    /// A periodic copy (`--save_all_checkpoints`) after this many steps.
-    Step(usize),
+impl TrainState {
+    /// The state before the first step.
+    pub fn start(seed: u64) -> Self {
+        TrainState {
+            global_step: 0,
+            epoch: 0,
+            next_micro_batch: 0,
+            seed,
+            best_accuracy: None,
+            best_step: None,
+            last_eval_step: None,
+        }
+    }
+}
+
+/// A run's latest state read back for `--resume_from_checkpoint`.
+pub struct Resume {
+    /// Progress.
+    pub state: TrainState,
+    /// AdamW moments.
+    pub optimizer: std::collections::HashMap<String, Tensor>,
+}
+
+/// One save point: the latest state always, the model as the new best when `new_best`.
+pub struct Snapshot<'a> {
+    /// The weights now.
+    pub params: &'a Params,
+    /// The optimizer now.
+    pub optimizer: &'a Optimizer,
+    /// Progress now.
+    pub state: &'a TrainState,
+    /// The weights are the best so far (or the run does not evaluate).
+    pub new_best: bool,
+    /// Also keep a copy of the weights of this step (`--save_all_checkpoints`).
+    pub step_copy: bool,
 }
 
 /// What the loop needs from an application.
@@ -68,68 +150,95 @@ pub trait TrainTask {
     fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>>;
 }
 
-/// Where a training run persists its model.
+/// Where a training run persists its model and its latest state.
 pub trait Checkpoints {
-    /// Persists the model (and optimizer state).
-    fn save(&self, params: &Params, opt: &Optimizer, state: &TrainState, reason: SaveReason) -> Result<()>;
+    /// Persists one save point, whole or not at all.
+    fn save(&self, snapshot: &Snapshot) -> Result<()>;
     /// Whether to keep a copy at every evaluation.
     fn save_all(&self) -> bool;
+    /// Where the state is saved (for the resume hint).
+    fn location(&self) -> &std::path::Path;
 }
 
-/// Trains `params` on `examples`, saving to `checkpoints`; `resume` restores optimizer state and
-/// progress.
+/// Trains `params` on `examples`, saving to `checkpoints`; `resume` continues a saved state.
+/// Every micro-batch of every epoch is used once; a step averages the micro-batches it holds.
 pub fn train(
     settings: &TrainSettings,
     params: &Params,
     examples: &[Example],
     task: &dyn TrainTask,
     checkpoints: &dyn Checkpoints,
-    resume: Option<(TrainState, &std::collections::HashMap<String, Tensor>)>,
+    resume: Option<Resume>,
     device: &Device,
 ) -> Result<TrainState> {
+    // From here a signal stops the run at the end of a step, with its latest state saved.
+    crate::interrupt::defer();
     let s = settings;
-    let batches_per_epoch = examples.len().div_ceil(s.batch_size);
-    let total = ((batches_per_epoch as f64 / s.grad_accum as f64) * s.epochs).ceil().max(1.0) as usize;
-    let schedule = LinearSchedule::new(s.learning_rate, s.warmup_proportion, total);
+    let plan = StepPlan::new(examples.len(), s.batch_size, s.grad_accum, s.epochs);
+    let schedule = LinearSchedule::new(s.learning_rate, s.warmup_proportion, plan.total_steps);
     let mut opt = Optimizer::new(params, s.optimizer, s.weight_decay);
-    let mut state = TrainState::default();
-    if let Some((saved, tensors)) = resume {
-        opt.load_state(tensors, saved.global_step)?;
-        logging::info(format!("resumed at optimizer step {}", saved.global_step));
-        state = saved;
+    let mut state = TrainState::start(s.seed);
+    let mut saved_step = None;
+    if let Some(resume) = resume {
+        let cursor = plan.locate(resume.state.global_step);
+        if resume.state.seed != s.seed
+            || (resume.state.epoch, resume.state.next_micro_batch) != (cursor.0, cursor.1 * plan.accumulation)
+        {
+            bail!(
+                "the saved training state (step {}, epoch {}, micro-batch {}, seed {}) does not fit this run (seed {})",
+                resume.state.global_step,
+                resume.state.epoch,
+                resume.state.next_micro_batch,
+                resume.state.seed,
+                s.seed
+            );
+        }
+        opt.load_state(&resume.optimizer, resume.state.global_step)?;
+        logging::info(format!(
+            "resumed at optimizer step {} (epoch {}, micro-batch {})",
+            resume.state.global_step,
+            resume.state.epoch + 1,
+            resume.state.next_micro_batch
+        ));
+        state = resume.state;
+        saved_step = Some(state.global_step);
     }
     logging::info(format!(
-        "training on {} rows: {batches_per_epoch} batches/epoch, {total} optimizer steps, {} parameters",
+        "training on {} rows: {} batches/epoch, {} optimizer steps ({}/epoch, {} micro-batches each), {} parameters",
         examples.len(),
+        plan.batches_per_epoch,
+        plan.total_steps,
+        plan.steps_per_epoch,
+        plan.accumulation,
         params.count()
     ));
-    let epochs = (total * s.grad_accum).div_ceil(batches_per_epoch.max(1));
     let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
-    let mut micro = 0usize;
-    let skip = state.global_step * s.grad_accum;
-    let mut last_eval_step = None;
-    'epochs: for epoch in 0..epochs {
-        let mut rng = Rng::new(s.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37_79B9));
-        let order = bucketed_batches(&lengths, s.batch_size, Some(&mut rng));
-        let (mut loss_sum, mut loss_n) = (0f64, 0usize);
-        let (mut window_rows, mut window_start) = (0usize, Instant::now());
+    let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
+    let (mut loss_sum, mut loss_n) = (0f64, 0usize);
+    let (mut window_rows, mut window_start) = (0usize, Instant::now());
+    stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
+    while state.global_step < plan.total_steps {
+        let (epoch, step_in_epoch) = plan.locate(state.global_step);
+        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut rng = Rng::new(s.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37_79B9));
+            order = Some((epoch, bucketed_batches(&lengths, s.batch_size, Some(&mut rng))));
+            // The logged loss is the mean since the start of the epoch, as in EasyNLP.
+            (loss_sum, loss_n) = (0.0, 0);
+        }
+        let batches = &order.as_ref().expect("set above").1;
+        let group = plan.micro_batches(step_in_epoch);
+        let micro_in_step = group.len();
         let mut acc: Option<GradStore> = None;
-        for (i, idx) in order.iter().enumerate() {
-            if opt.steps >= total {
-                break 'epochs;
-            }
-            micro += 1;
-            // Skip the micro-batches already consumed before a resume.
-            if micro <= skip {
-                continue;
-            }
-            let rows: Vec<&Example> = idx.iter().map(|&j| &examples[j]).collect();
+        for pos in group {
+            let rows: Vec<&Example> = batches[pos].iter().map(|&j| &examples[j]).collect();
             let batch = make_batch(&rows, device)?;
-            let ctx = ForwardCtx::train(s.seed ^ (micro as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            // Dropout keyed by the micro-batch's place in the run, so a resumed run draws the same masks.
+            let micro = (epoch * plan.batches_per_epoch + pos + 1) as u64;
+            let ctx = ForwardCtx::train(s.seed ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03));
             let loss = task.loss(params, &batch, &ctx)?;
             let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !loss_value.is_finite() {
-                anyhow::bail!("training diverged: loss is {loss_value} at optimizer step {}", opt.steps + 1);
+                bail!("training diverged: loss is {loss_value} at optimizer step {}", opt.steps + 1);
             }
             loss_sum += loss_value;
             loss_n += 1;
@@ -139,69 +248,111 @@ pub fn train(
                 None => grads,
                 Some(prev) => add_grads(prev, grads, params)?,
             });
-            let end_of_epoch = i + 1 == order.len();
-            if !micro.is_multiple_of(s.grad_accum) && !end_of_epoch {
-                continue;
-            }
-            let grads = acc.take().expect("accumulated gradients");
-            let micro_in_step = (micro - 1) % s.grad_accum + 1;
-            let avg = 1.0 / micro_in_step as f64;
-            let norm = opt.grad_norm(&grads)? * avg;
-            let clip =
-                if s.max_grad_norm > 0.0 && norm > s.max_grad_norm { s.max_grad_norm / (norm + 1e-6) } else { 1.0 };
-            let lr = schedule.lr(opt.steps);
-            opt.step(&grads, StepParams { lr, grad_scale: avg * clip })?;
-            drop(grads);
-            state.global_step = opt.steps;
-            logging::progress(opt.steps, total, &format!("loss {:.4}", loss_sum / loss_n as f64));
-            if opt.steps.is_multiple_of(s.logging_steps.max(1)) {
-                let secs = window_start.elapsed().as_secs_f64();
-                logging::info(format!(
-                    "Epoch [{}/{epochs}], step [{}/{total}], lr {lr:.6}, loss {:.4}, {:.1} examples/s",
-                    epoch + 1,
-                    opt.steps,
-                    loss_sum / loss_n as f64,
-                    window_rows as f64 / secs.max(1e-9)
-                ));
-                (window_rows, window_start) = (0, Instant::now());
-            }
-            if s.save_checkpoint_steps.is_some_and(|n| opt.steps.is_multiple_of(n)) {
-                evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
-                last_eval_step = Some(opt.steps);
-            }
         }
-        if s.save_checkpoint_steps.is_none() && last_eval_step != Some(opt.steps) {
+        let grads = acc.take().expect("a step holds at least one micro-batch");
+        let avg = 1.0 / micro_in_step as f64;
+        let norm = opt.grad_norm(&grads)? * avg;
+        let clip = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm { s.max_grad_norm / (norm + 1e-6) } else { 1.0 };
+        let lr = schedule.lr(opt.steps);
+        opt.step(&grads, StepParams { lr, grad_scale: avg * clip })?;
+        drop(grads);
+        state.global_step = opt.steps;
+        let (next_epoch, next_step) = plan.locate(state.global_step);
+        (state.epoch, state.next_micro_batch) = (next_epoch, next_step * plan.accumulation);
+        logging::progress(opt.steps, plan.total_steps, &format!("loss {:.4}", loss_sum / loss_n.max(1) as f64));
+        if opt.steps.is_multiple_of(s.logging_steps.max(1)) {
+            let secs = window_start.elapsed().as_secs_f64();
+            logging::info(format!(
+                "Epoch [{}/{}], step [{}/{}], lr {lr:.6}, loss {:.4}, {:.1} examples/s",
+                epoch + 1,
+                plan.epochs,
+                opt.steps,
+                plan.total_steps,
+                loss_sum / loss_n.max(1) as f64,
+                window_rows as f64 / secs.max(1e-9)
+            ));
+            (window_rows, window_start) = (0, Instant::now());
+        }
+        let epoch_end = next_epoch != epoch || state.global_step == plan.total_steps;
+        let evaluate_now = match s.save_checkpoint_steps {
+            Some(n) => opt.steps.is_multiple_of(n),
+            None => epoch_end,
+        };
+        if epoch_end && s.save_checkpoint_steps.is_none() {
             logging::info(format!("epoch {} done", epoch + 1));
-            evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
-            last_eval_step = Some(opt.steps);
         }
+        if evaluate_now {
+            evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
+            saved_step = Some(state.global_step);
+        } else if epoch_end {
+            checkpoints.save(&Snapshot {
+                params,
+                optimizer: &opt,
+                state: &state,
+                new_best: false,
+                step_copy: false,
+            })?;
+            saved_step = Some(state.global_step);
+        }
+        stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
     }
-    if last_eval_step != Some(opt.steps) {
+    if state.last_eval_step != Some(state.global_step) {
         evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
     }
     Ok(state)
 }
 
-/// Evaluates, saves when the accuracy beats the best so far (always when there is no evaluation).
+/// After a signal: saves the latest state (unless saved at this step already), says how to
+/// resume, and returns the interruption.
+fn stop_if_interrupted(
+    checkpoints: &dyn Checkpoints,
+    params: &Params,
+    opt: &Optimizer,
+    state: &TrainState,
+    saved_step: Option<usize>,
+) -> Result<()> {
+    let Err(interrupted) = crate::interrupt::check() else { return Ok(()) };
+    if state.global_step == 0 {
+        logging::warn(format!("{interrupted} before the first optimizer step: nothing to save"));
+        return Err(interrupted.into());
+    }
+    if saved_step != Some(state.global_step) {
+        checkpoints.save(&Snapshot { params, optimizer: opt, state, new_best: false, step_copy: false })?;
+    }
+    let dir = checkpoints.location().display();
+    logging::warn(format!(
+        "{interrupted} at optimizer step {}: the latest state is saved in {dir}; continue with --resume_from_checkpoint={dir}",
+        state.global_step
+    ));
+    Err(interrupted.into())
+}
+
+/// Evaluates and saves the latest state, as the new best when the accuracy beats the best so far
+/// (always when there is no evaluation).
 fn evaluate_and_keep(
     (task, checkpoints): (&dyn TrainTask, &dyn Checkpoints),
     params: &Params,
     opt: &Optimizer,
     state: &mut TrainState,
 ) -> Result<()> {
-    match task.evaluate(params)? {
+    state.last_eval_step = Some(opt.steps);
+    let report = task.evaluate(params)?;
+    let new_best = match &report {
         Some(report) => {
             logging::info(format!("Evaluation at global step {}: {}", opt.steps, report.summary()));
-            if checkpoints.save_all() {
-                checkpoints.save(params, opt, state, SaveReason::Step(opt.steps))?;
-            }
-            if state.best_accuracy.is_none_or(|b| report.accuracy > b) {
+            let better = state.best_accuracy.is_none_or(|b| report.accuracy > b);
+            if better {
                 state.best_accuracy = Some(report.accuracy);
-                checkpoints.save(params, opt, state, SaveReason::Best)?;
-                logging::info(format!("new best accuracy {:.4}: checkpoint saved", report.accuracy));
+                state.best_step = Some(opt.steps);
             }
+            better
         }
-        None => checkpoints.save(params, opt, state, SaveReason::Best)?,
+        None => true,
+    };
+    let step_copy = report.is_some() && checkpoints.save_all();
+    checkpoints.save(&Snapshot { params, optimizer: opt, state, new_best, step_copy })?;
+    if let (true, Some(report)) = (new_best, &report) {
+        logging::info(format!("new best accuracy {:.4}: checkpoint saved", report.accuracy));
     }
     Ok(())
 }
@@ -218,4 +369,29 @@ fn add_grads(mut acc: GradStore, new: GradStore, params: &Params) -> Result<Grad
         }
     }
     Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_plan_uses_every_micro_batch_of_every_epoch_once() {
+        // 200 rows in micro-batches of 16 = 13 per epoch; 3 per step: 3+3+3+3+1.
+        let plan = StepPlan::new(200, 16, 3, 2.0);
+        assert_eq!((plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps, plan.epochs), (13, 5, 10, 2));
+        let mut used = vec![vec![0usize; 13]; 2];
+        for step in 0..plan.total_steps {
+            let (epoch, in_epoch) = plan.locate(step);
+            for pos in plan.micro_batches(in_epoch) {
+                used[epoch][pos] += 1;
+            }
+        }
+        assert!(used.iter().flatten().all(|&n| n == 1), "{used:?}");
+        assert_eq!(plan.micro_batches(4), 12..13, "the last step of an epoch holds the remainder");
+        // Fractional epochs round the step count up; the epoch count follows.
+        let half = StepPlan::new(200, 16, 3, 1.5);
+        assert_eq!((half.total_steps, half.epochs), (8, 2));
+        assert_eq!(StepPlan::new(5, 16, 4, 1.0).total_steps, 1);
+    }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod metakd;
+pub mod signals;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

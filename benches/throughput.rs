@@ -283,7 +283,12 @@ fn main() {
         if !only("BENCH_MODELS", model) {
             continue;
         }
-        if !shared().join("models").join(model).join("config.json").is_file() {
+        let probe = shared().join("models").join(model).join("config.json");
+        if !probe.is_file() {
+            // As the tests: EASYNLP_REQUIRE_SHARED=1 makes missing shared data a failure.
+            if std::env::var_os("EASYNLP_REQUIRE_SHARED").is_some_and(|v| !v.is_empty() && v != "0") {
+                panic!("shared model not found: {} is missing (EASYNLP_REQUIRE_SHARED is set)", probe.display());
+            }
             eprintln!("!!! SKIPPED {model}: not found under {} (set EASYNLP_SHARED)", shared().display());
             continue;
         }

@@ -7,24 +7,41 @@ pub mod signals;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The environment variable that turns a missing shared folder from a loud skip into a test
+/// failure (CI sets it, so that a lost `../shared` cannot pass as green).
+pub const REQUIRE_SHARED: &str = "EASYNLP_REQUIRE_SHARED";
+
+/// Whether [`REQUIRE_SHARED`] is set to anything but empty or `0`.
+pub fn shared_required() -> bool {
+    std::env::var_os(REQUIRE_SHARED).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// The shared folder (`$EASYNLP_SHARED`, else `../shared` beside the project), or None with a loud
-/// message so that a skipped test is visible.
+/// message so that a skipped test is visible. Panics instead when [`shared_required`].
 pub fn shared_dir(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("EASYNLP_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    if dir.join("models/minilm-l6/config.json").is_file() {
-        Some(dir)
-    } else {
-        // Written to the stderr handle directly: libtest captures `eprintln!` of passing tests.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "\n!!! SKIPPED {test}: shared data not found at {} (set EASYNLP_SHARED) !!!\n",
-            dir.display()
-        );
-        None
+    let probe = dir.join("models/minilm-l6/config.json");
+    if probe.is_file() {
+        return Some(dir);
     }
+    if shared_required() {
+        panic!(
+            "{test}: shared data not found: {} is missing ({REQUIRE_SHARED} is set, so this is a failure, not a \
+             skip; set EASYNLP_SHARED to the shared folder)",
+            probe.display()
+        );
+    }
+    // Written to the stderr handle directly: libtest captures `eprintln!` of passing tests.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n!!! SKIPPED {test}: shared data not found at {} (set EASYNLP_SHARED; {REQUIRE_SHARED}=1 makes \
+         this a failure) !!!\n",
+        dir.display()
+    );
+    None
 }
 
 /// Runs the `easynlp` binary with `args`.
@@ -45,8 +62,51 @@ pub fn stderr(out: &Output) -> String {
 /// Writes a tiny random BERT (real file formats, synthetic weights) into `dir` and returns its path.
 /// The vocabulary holds the special tokens plus every lower-cased word of the sample tables.
 pub fn tiny_bert(dir: &Path, layers: usize, with_pooler: bool) -> PathBuf {
+    tiny_bert_with(dir, &TinyBert { layers, with_pooler, ..TinyBert::default() })
+}
+
+/// What [`tiny_bert_with`] builds; the default is [`tiny_bert`]'s model (2 layers, pooler, hidden
+/// 32, 4 heads, feed-forward 64, dropout 0.1, unit LayerNorms, small weights).
+#[derive(Clone, Debug)]
+pub struct TinyBert {
+    /// Encoder layers.
+    pub layers: usize,
+    /// Whether the weights include `pooler.dense`.
+    pub with_pooler: bool,
+    /// Keep only the first this many words of the sample tables in the vocabulary (all: None).
+    pub vocab_words: Option<usize>,
+    /// `hidden_dropout_prob` and `attention_probs_dropout_prob` of config.json.
+    pub dropout: f64,
+    /// `initializer_range` of config.json (the std of heads `init_head` creates).
+    pub initializer_range: f64,
+    /// Multiplies the spread of every random weight (4 gives far from uniform attention).
+    pub weight_scale: f32,
+    /// Random LayerNorm gammas (around 1) and betas instead of ones and zeros.
+    pub random_norms: bool,
+    /// Seed of the weights.
+    pub seed: u64,
+}
+
+impl Default for TinyBert {
+    fn default() -> Self {
+        TinyBert {
+            layers: 2,
+            with_pooler: true,
+            vocab_words: None,
+            dropout: 0.1,
+            initializer_range: 0.02,
+            weight_scale: 1.0,
+            random_norms: false,
+            seed: 12345,
+        }
+    }
+}
+
+/// Writes the tiny random BERT that `opts` describes into `dir` and returns its path.
+pub fn tiny_bert_with(dir: &Path, opts: &TinyBert) -> PathBuf {
     use candle_core::{Device, Tensor};
     use std::collections::{BTreeSet, HashMap};
+    let (layers, scale) = (opts.layers, opts.weight_scale);
     let mut words = BTreeSet::new();
     for f in ["sentiment-train.tsv", "sentiment-dev.tsv", "paraphrase-train.tsv", "paraphrase-dev.tsv"] {
         let text = std::fs::read_to_string(sample(f)).unwrap().to_lowercase();
@@ -56,7 +116,7 @@ pub fn tiny_bert(dir: &Path, layers: usize, with_pooler: bool) -> PathBuf {
     }
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
     vocab.extend(".,!?'\"-:;()$".chars().map(|c| c.to_string()));
-    vocab.extend(words);
+    vocab.extend(words.into_iter().take(opts.vocab_words.unwrap_or(usize::MAX)));
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
     let (h, inter, heads, max_pos) = (32usize, 64usize, 4usize, 64usize);
@@ -64,31 +124,40 @@ pub fn tiny_bert(dir: &Path, layers: usize, with_pooler: bool) -> PathBuf {
         "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
         "vocab_size": vocab.len(), "hidden_size": h, "num_hidden_layers": layers,
         "num_attention_heads": heads, "intermediate_size": inter, "max_position_embeddings": max_pos,
-        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": 0.02,
-        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1
+        "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": opts.initializer_range,
+        "hidden_dropout_prob": opts.dropout, "attention_probs_dropout_prob": opts.dropout
     });
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
     let dev = Device::Cpu;
-    let mut seed = 12345u64;
-    let mut rand = |shape: &[usize], std: f32| -> Tensor {
+    let mut seed = opts.seed;
+    // Uniform with standard deviation about `std * scale`, plus `offset`.
+    let mut rand = |shape: &[usize], std: f32, offset: f32| -> Tensor {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n)
             .map(|_| {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * std * 1.7
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * std * scale * 1.7 + offset
             })
             .collect();
         Tensor::from_vec(v, shape, &dev).unwrap()
     };
     let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert("embeddings.word_embeddings.weight".into(), rand(&[vocab.len(), h], 0.02));
-    w.insert("embeddings.position_embeddings.weight".into(), rand(&[max_pos, h], 0.02));
-    w.insert("embeddings.token_type_embeddings.weight".into(), rand(&[2, h], 0.02));
-    let ln = |w: &mut HashMap<String, Tensor>, p: &str| {
-        w.insert(format!("{p}.weight"), Tensor::ones(h, candle_core::DType::F32, &dev).unwrap());
-        w.insert(format!("{p}.bias"), Tensor::zeros(h, candle_core::DType::F32, &dev).unwrap());
+    w.insert("embeddings.word_embeddings.weight".into(), rand(&[vocab.len(), h], 0.02, 0.0));
+    w.insert("embeddings.position_embeddings.weight".into(), rand(&[max_pos, h], 0.02, 0.0));
+    w.insert("embeddings.token_type_embeddings.weight".into(), rand(&[2, h], 0.02, 0.0));
+    let ln = |w: &mut HashMap<String, Tensor>, p: &str, rand: &mut dyn FnMut(&[usize], f32, f32) -> Tensor| {
+        let (gamma, beta) = if opts.random_norms {
+            (rand(&[h], 0.1, 1.0), rand(&[h], 0.05, 0.0))
+        } else {
+            (
+                Tensor::ones(h, candle_core::DType::F32, &dev).unwrap(),
+                Tensor::zeros(h, candle_core::DType::F32, &dev).unwrap(),
+            )
+        };
+        w.insert(format!("{p}.weight"), gamma);
+        w.insert(format!("{p}.bias"), beta);
     };
-    ln(&mut w, "embeddings.LayerNorm");
+    ln(&mut w, "embeddings.LayerNorm", &mut rand);
     for i in 0..layers {
         let p = format!("encoder.layer.{i}");
         for (name, o, n) in [
@@ -99,15 +168,15 @@ pub fn tiny_bert(dir: &Path, layers: usize, with_pooler: bool) -> PathBuf {
             ("intermediate.dense", inter, h),
             ("output.dense", h, inter),
         ] {
-            w.insert(format!("{p}.{name}.weight"), rand(&[o, n], 0.05));
-            w.insert(format!("{p}.{name}.bias"), rand(&[o], 0.01));
+            w.insert(format!("{p}.{name}.weight"), rand(&[o, n], 0.05, 0.0));
+            w.insert(format!("{p}.{name}.bias"), rand(&[o], 0.01, 0.0));
         }
-        ln(&mut w, &format!("{p}.attention.output.LayerNorm"));
-        ln(&mut w, &format!("{p}.output.LayerNorm"));
+        ln(&mut w, &format!("{p}.attention.output.LayerNorm"), &mut rand);
+        ln(&mut w, &format!("{p}.output.LayerNorm"), &mut rand);
     }
-    if with_pooler {
-        w.insert("pooler.dense.weight".into(), rand(&[h, h], 0.05));
-        w.insert("pooler.dense.bias".into(), rand(&[h], 0.01));
+    if opts.with_pooler {
+        w.insert("pooler.dense.weight".into(), rand(&[h, h], 0.05, 0.0));
+        w.insert("pooler.dense.bias".into(), rand(&[h], 0.01, 0.0));
     }
     candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
     dir.to_path_buf()

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metakd;
 pub mod model;
 pub mod ops;
+pub mod output;
 pub mod persist;
 pub mod rng;
 pub mod train;

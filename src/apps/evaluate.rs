@@ -8,10 +8,13 @@ use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
 use crate::logging;
 use crate::model::bert::ForwardCtx;
-use crate::model::checkpoint::{load_checkpoint, write_atomic};
+use crate::model::checkpoint::load_checkpoint;
 use crate::model::classifier::Classifier;
-use anyhow::{bail, Result};
+use crate::output::{Destination, OutputFile};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, D};
+use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 /// Runs the model over `examples` (no dropout, no autograd graph) and computes the metrics.
@@ -60,9 +63,12 @@ pub fn check_labels(cfg: &RunConfig, ckpt_labels: &LabelSet) -> Result<()> {
     Ok(())
 }
 
-/// `--mode=evaluate`: metrics of the checkpoint on the last table, printed and optionally saved as JSON.
+/// `--mode=evaluate`: metrics of the checkpoint on the last table, printed and optionally saved as
+/// JSON to `--outputs` (written by [`crate::output`]'s rules).
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let start = Instant::now();
+    let out_path = cfg.args.outputs.as_deref().map(Path::new);
+    let dest = out_path.map(|p| super::output_destination(cfg, p, "--outputs")).transpose()?;
     let ckpt = load_checkpoint(&cfg.checkpoint_dir(), device)?;
     check_labels(cfg, &ckpt.labels)?;
     check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
@@ -82,9 +88,15 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     }
     let report = evaluate_examples(&model, &examples, cfg.args.micro_batch_size, ckpt.labels.len(), device)?;
     logging::info(format!("Evaluation of {} on {}: {}", ckpt.dir.display(), table.display(), report.summary()));
-    println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    if let Some(out) = cfg.args.outputs.as_deref() {
-        write_atomic(std::path::Path::new(out), serde_json::to_string_pretty(&report.to_json())?.as_bytes())?;
+    let json = serde_json::to_string_pretty(&report.to_json())?;
+    // Printed once when --outputs is stdout itself.
+    if dest != Some(Destination::Stdout) {
+        println!("{json}");
+    }
+    if let (Some(path), Some(dest)) = (out_path, &dest) {
+        let mut out = OutputFile::create(path, dest)?;
+        writeln!(out, "{json}").with_context(|| format!("cannot write {}", path.display()))?;
+        out.commit()?;
     }
     logging::info(format!("Duration time: {:.1} s", start.elapsed().as_secs_f64()));
     Ok(())

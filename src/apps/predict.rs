@@ -7,11 +7,12 @@ use crate::cli::config::RunConfig;
 use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::table::{read_lines, Row};
 use crate::data::tokenize::BertTokenizer;
-use crate::distill::logits::{sha256_file, write_sidecar, LogitsSidecar, TableFingerprint};
+use crate::distill::logits::{sha256_file, sidecar_path, LogitsSidecar, TableFingerprint};
 use crate::logging;
 use crate::model::bert::ForwardCtx;
-use crate::model::checkpoint::{load_checkpoint, temp_path};
+use crate::model::checkpoint::{load_checkpoint, weights_file};
 use crate::model::classifier::Classifier;
+use crate::output::OutputFile;
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, D};
@@ -21,7 +22,9 @@ use std::path::Path;
 /// The output columns EasyNLP's predictor knows.
 const OUTPUT_COLUMNS: &[&str] = &["predictions", "probabilities", "logits", "output", "id"];
 
-/// `--mode=predict`.
+/// `--mode=predict`. The output is written by [`crate::output`]'s rules; a teacher logits export
+/// (`--output_schema=logits`) also writes `<outputs>.meta.json`, except for a write-through output.
+/// A SIGINT/SIGTERM stops it between batches, its temporary file removed.
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let outputs: Vec<&str> = cfg.args.output_schema.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     if outputs.is_empty() {
@@ -37,6 +40,16 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         None => Vec::new(),
     };
     let id_col = cfg.schema.columns.iter().position(|c| c.name == "id");
+    let out_path = Path::new(cfg.args.outputs.as_deref().expect("checked in config"));
+    let dest = super::output_destination(cfg, out_path, "--outputs")?;
+    let logits_export = outputs == ["logits"];
+    let sidecar = if logits_export && !dest.is_through() {
+        let path = sidecar_path(out_path);
+        let side_dest = super::output_destination(cfg, &path, "the logits sidecar")?;
+        Some((path, side_dest))
+    } else {
+        None
+    };
     let ckpt = load_checkpoint(&cfg.checkpoint_dir(), device)?;
     super::evaluate::check_labels(cfg, &ckpt.labels)?;
     check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
@@ -48,73 +61,72 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     if lines.is_empty() {
         bail!("{}: the table has no rows", table.display());
     }
-    let out_path = Path::new(cfg.args.outputs.as_deref().expect("checked in config"));
-    let tmp = temp_path(out_path);
-    let result = (|| -> Result<usize> {
-        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut out = std::io::BufWriter::new(file);
-        let mut ids = Rng::from_entropy();
-        let name = table.display().to_string();
-        let mut written = 0;
-        for chunk in lines.chunks(cfg.args.predict_slice_size.max(1)) {
-            let rows: Vec<Row> = chunk
-                .iter()
-                .map(|(line, text)| {
-                    let fields: Vec<&str> = text.split('\t').collect();
-                    Ok(Row { line: *line, values: cfg.schema.parse_fields(&fields, &format!("{name}:{line}"))? })
-                })
-                .collect::<Result<_>>()?;
-            let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
-            let ModelOutputs { logits, probs } = model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?;
-            let mut lines_out = Vec::with_capacity(rows.len());
-            for (i, row) in rows.iter().enumerate() {
-                let mut cols: Vec<String> = Vec::with_capacity(outputs.len() + append.len());
-                for o in &outputs {
-                    cols.push(match *o {
-                        "predictions" => ckpt.labels.names[argmax(&probs[i])].clone(),
-                        "probabilities" => join_f32(&probs[i]),
-                        "logits" => join_f32(&logits[i]),
-                        "output" => output_repr(&ckpt.labels.names, &probs[i], &logits[i]),
-                        _ => match id_col {
-                            Some(c) => row.values[c].to_output(),
-                            None => ids.uuid4(),
-                        },
-                    });
-                }
-                cols.extend(append.iter().map(|&c| row.values[c].to_output()));
-                lines_out.push(cols.join("\t"));
+    let mut out = OutputFile::create(out_path, &dest)?;
+    // From here a signal stops at the next chunk or batch, which removes the temporary file.
+    crate::interrupt::defer();
+    let mut ids = Rng::from_entropy();
+    let name = table.display().to_string();
+    let mut written = 0;
+    for chunk in lines.chunks(cfg.args.predict_slice_size.max(1)) {
+        crate::interrupt::check()?;
+        let rows: Vec<Row> = chunk
+            .iter()
+            .map(|(line, text)| {
+                let fields: Vec<&str> = text.split('\t').collect();
+                Ok(Row { line: *line, values: cfg.schema.parse_fields(&fields, &format!("{name}:{line}"))? })
+            })
+            .collect::<Result<_>>()?;
+        let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
+        let ModelOutputs { logits, probs } = model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?;
+        for (i, row) in rows.iter().enumerate() {
+            let mut cols: Vec<String> = Vec::with_capacity(outputs.len() + append.len());
+            for o in &outputs {
+                cols.push(match *o {
+                    "predictions" => ckpt.labels.names[argmax(&probs[i])].clone(),
+                    "probabilities" => join_f32(&probs[i]),
+                    "logits" => join_f32(&logits[i]),
+                    "output" => output_repr(&ckpt.labels.names, &probs[i], &logits[i]),
+                    _ => match id_col {
+                        Some(c) => row.values[c].to_output(),
+                        None => ids.uuid4(),
+                    },
+                });
             }
-            for line in &lines_out {
-                writeln!(out, "{line}")?;
-            }
-            written += lines_out.len();
-            logging::progress(written, lines.len(), "rows predicted");
+            cols.extend(append.iter().map(|&c| row.values[c].to_output()));
+            writeln!(out, "{}", cols.join("\t")).with_context(|| format!("cannot write {}", out_path.display()))?;
         }
-        out.flush()?;
-        Ok(written)
-    })();
-    match result {
-        Ok(n) => {
-            std::fs::rename(&tmp, out_path)
-                .with_context(|| format!("cannot move {} into place", out_path.display()))?;
-            if outputs == ["logits"] {
-                // A teacher logits export: fingerprint the input so KD can check the join.
-                let sidecar = LogitsSidecar {
-                    table: TableFingerprint::of(table, skip_header)?,
-                    labels: ckpt.labels.names.clone(),
-                    teacher: ckpt.dir.canonicalize().unwrap_or(ckpt.dir.clone()).display().to_string(),
-                    teacher_weights_sha256: weights_sha256(&ckpt.dir)?,
-                };
-                write_sidecar(out_path, &sidecar)?;
-            }
-            logging::info(format!("wrote {n} predictions to {}", out_path.display()));
-            Ok(())
+        written += rows.len();
+        logging::progress(written, lines.len(), "rows predicted");
+    }
+    match sidecar {
+        Some((path, side_dest)) => {
+            // A teacher logits export: fingerprint the input so KD can check the join. Both files
+            // are complete before either is moved into place.
+            let meta = LogitsSidecar {
+                table: TableFingerprint::of(table, skip_header)?,
+                labels: ckpt.labels.names.clone(),
+                teacher: ckpt.dir.canonicalize().unwrap_or(ckpt.dir.clone()).display().to_string(),
+                teacher_weights_sha256: sha256_file(&weights_file(&ckpt.dir))?,
+            };
+            let mut side = OutputFile::create(&path, &side_dest)?;
+            side.write_all(serde_json::to_string_pretty(&meta)?.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            out.commit()?;
+            side.commit()?;
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
+        None => {
+            out.commit()?;
+            if logits_export {
+                logging::info(format!(
+                    "{} is written through (not a regular file): no sidecar {} written",
+                    out_path.display(),
+                    sidecar_path(out_path).display()
+                ));
+            }
         }
     }
+    logging::info(format!("wrote {written} predictions to {}", out_path.display()));
+    Ok(())
 }
 
 /// Per-row model outputs, in input order.
@@ -126,7 +138,7 @@ pub struct ModelOutputs {
 }
 
 /// Logits and probabilities for `examples`, in their order, computed in length-bucketed batches
-/// (no dropout, no autograd graph).
+/// (no dropout, no autograd graph). Stops with `Interrupted` between batches once a signal arrived.
 pub fn model_outputs(
     model: &Classifier,
     examples: &[Example],
@@ -138,6 +150,7 @@ pub fn model_outputs(
     let mut logits_out = vec![Vec::new(); examples.len()];
     let mut probs_out = vec![Vec::new(); examples.len()];
     for idx in bucketed_batches(&lengths, batch_size, None) {
+        crate::interrupt::check()?;
         let batch_rows: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
         let batch = make_batch(&batch_rows, device)?;
         let logits = model.forward(&batch, &ctx)?;
@@ -148,13 +161,6 @@ pub fn model_outputs(
         }
     }
     Ok(ModelOutputs { logits: logits_out, probs: probs_out })
-}
-
-/// SHA-256 of a checkpoint's weights file.
-fn weights_sha256(dir: &Path) -> Result<String> {
-    let st = dir.join("model.safetensors");
-    let bin = dir.join("pytorch_model.bin");
-    sha256_file(if st.is_file() { &st } else { &bin })
 }
 
 fn join_f32(v: &[f32]) -> String {

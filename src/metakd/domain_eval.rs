@@ -9,7 +9,7 @@ use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::table::Row;
 use crate::logging;
 use crate::model::bert::ForwardCtx;
-use crate::model::checkpoint::{write_atomic, Checkpoint};
+use crate::model::checkpoint::Checkpoint;
 use crate::model::classifier::Classifier;
 use crate::train::metrics::EvalReport;
 use anyhow::{bail, Result};
@@ -201,7 +201,7 @@ pub fn run_evaluate(
     let text = serde_json::to_string_pretty(&json)?;
     println!("{text}");
     if let Some(out) = cfg.args.outputs.as_deref() {
-        write_atomic(Path::new(out), text.as_bytes())?;
+        crate::output::write_output(Path::new(out), "--outputs", text.as_bytes())?;
     }
     Ok(())
 }

@@ -205,3 +205,30 @@ pub fn easynlp_owned(args: &[String]) -> Output {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     easynlp(&refs)
 }
+
+/// A fine-tuned checkpoint without training: [`tiny_bert`] (one layer, with pooler) plus random
+/// `classifier.*` weights for `labels`, a `config.json` with `num_labels`/`id2label`/`label2id` and
+/// `label_mapping.json`, as `--mode=train` writes them.
+pub fn tiny_checkpoint(dir: &Path, labels: &[&str]) -> PathBuf {
+    use candle_core::{Device, Tensor};
+    tiny_bert(dir, 1, true);
+    let weights_path = dir.join("model.safetensors");
+    let mut w = candle_core::safetensors::load(&weights_path, &Device::Cpu).unwrap();
+    let h = w["embeddings.word_embeddings.weight"].dims()[1];
+    let n = labels.len();
+    let values: Vec<f32> = (0..n * h).map(|i| ((i * 7919 % 101) as f32 / 101.0 - 0.5) * 0.4).collect();
+    w.insert("classifier.weight".into(), Tensor::from_vec(values, (n, h), &Device::Cpu).unwrap());
+    w.insert("classifier.bias".into(), Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&w, &weights_path).unwrap();
+    let config_path = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    config["num_labels"] = serde_json::json!(n);
+    config["id2label"] = labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect();
+    config["label2id"] = labels.iter().enumerate().map(|(i, l)| (l.to_string(), serde_json::json!(i))).collect();
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let mapping: serde_json::Map<String, serde_json::Value> =
+        labels.iter().enumerate().map(|(i, l)| (l.to_string(), serde_json::json!(i))).collect();
+    std::fs::write(dir.join("label_mapping.json"), serde_json::to_string(&mapping).unwrap()).unwrap();
+    dir.to_path_buf()
+}

@@ -12,7 +12,7 @@ use crate::cli::config::RunConfig;
 use crate::data::labels::LabelSet;
 use crate::distill::logits::{sha256_file, TableFingerprint};
 use crate::logging;
-use crate::model::checkpoint::save_metadata;
+use crate::model::checkpoint::{save_metadata, weights_file};
 use crate::model::config::BertConfig;
 use crate::persist::{DirLock, DirTxn};
 use crate::train::trainer::{Checkpoints, Resume, Snapshot, TrainState};
@@ -71,6 +71,13 @@ impl<'a> RunStart<'a> {
             Some((state, _, _)) if cfg.args.random_seed <= 0 => state.progress.seed,
             _ => cfg.seed,
         };
+        if cfg.args.random_seed <= 0 {
+            let origin = if saved.is_some() { "the resumed run's seed" } else { "drew a seed" };
+            logging::info(format!(
+                "--random_seed={}: {origin}, {seed} (--random_seed={seed} repeats it)",
+                cfg.args.random_seed
+            ));
+        }
         let fingerprint = run_fingerprint(cfg, labels, model_dir, seed)?;
         if let (Some((state, _, latest)), Some(from)) = (&saved, resume_dir) {
             check_same_run(&state.fingerprint, &fingerprint, from)?;
@@ -278,14 +285,15 @@ fn run_fingerprint(cfg: &RunConfig, labels: &LabelSet, model_dir: &Path, seed: u
     Ok(f)
 }
 
-/// SHA-256 of a model directory's weights file (`model.safetensors`, else `pytorch_model.bin`).
-pub(crate) fn weights_sha256(dir: &Path) -> Result<String> {
-    let st = dir.join(WEIGHTS);
-    let bin = dir.join("pytorch_model.bin");
-    if !st.is_file() && !bin.is_file() {
-        return Ok(String::new());
+/// SHA-256 of a model directory's weights file (`model.safetensors`, else `pytorch_model.bin`;
+/// empty when it has neither).
+fn weights_sha256(dir: &Path) -> Result<String> {
+    let file = weights_file(dir);
+    if file.is_file() {
+        sha256_file(&file)
+    } else {
+        Ok(String::new())
     }
-    sha256_file(if st.is_file() { &st } else { &bin })
 }
 
 /// Resuming a different run is an error naming the first difference.

@@ -139,8 +139,12 @@ impl RunConfig {
         } else {
             None
         };
-        let seed =
-            if args.random_seed > 0 { args.random_seed as u64 } else { crate::rng::Rng::from_entropy().next_u64() };
+        // A drawn seed fits --random_seed, so that the run can be repeated with it.
+        let seed = if args.random_seed > 0 {
+            args.random_seed as u64
+        } else {
+            1 + crate::rng::Rng::from_entropy().next_u64() % (i32::MAX as u64)
+        };
         Ok(RunConfig {
             app,
             tables,
@@ -305,8 +309,12 @@ impl PrepConfig {
                 bail!("--use_amp: mixed precision is not supported; this program runs in float32");
             }
         }
-        let seed =
-            if args.random_seed > 0 { args.random_seed as u64 } else { crate::rng::Rng::from_entropy().next_u64() };
+        // A drawn seed fits --random_seed, so that the run can be repeated with it.
+        let seed = if args.random_seed > 0 {
+            args.random_seed as u64
+        } else {
+            1 + crate::rng::Rng::from_entropy().next_u64() % (i32::MAX as u64)
+        };
         Ok(PrepConfig { args, input, output, domains, udp, seed })
     }
 }

@@ -168,6 +168,7 @@ impl OutputFile {
     pub fn create(path: &Path, dest: &Destination) -> Result<Self> {
         let (sink, replace) = match dest {
             Destination::Replace { target } => {
+                remove_stale_temporaries(target);
                 let tmp = temp_path(target);
                 let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
                 (Sink::File(file), Some((tmp, target.clone())))
@@ -232,6 +233,24 @@ fn temp_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
+/// Removes the temporaries of `target` left by killed processes (`.NAME.tmpPID` whose process is
+/// gone); failures are ignored, a leftover is only clutter.
+fn remove_stale_temporaries(target: &Path) {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else { return };
+    let prefix = format!(".{}.tmp", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        // SAFETY: kill(2) with signal 0 only checks whether the process exists; it sends nothing.
+        let gone =
+            unsafe { libc::kill(pid, 0) } != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && pid != std::process::id() as i32 {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Writes `bytes` to `path` by the rules of this module.
 pub fn write_output(path: &Path, what: &str, bytes: &[u8]) -> Result<()> {
     let dest = Destination::resolve(path, what)?;
@@ -287,6 +306,24 @@ pub fn check_not_input(path: &Path, what: &str, dest: &Destination, inputs: &[In
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_writers_temporary_is_removed_by_the_next_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("pred.tsv");
+        // The pid of a process that has ended.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = tmp.path().join(format!(".pred.tsv.tmp{dead}"));
+        let other = tmp.path().join(".other.tsv.tmp1");
+        std::fs::write(&stale, "half").unwrap();
+        std::fs::write(&other, "not ours").unwrap();
+        write_output(&out, "--outputs", b"rows\n").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"rows\n");
+        assert!(!stale.exists(), "the dead writer's temporary is removed");
+        assert!(other.exists(), "another output's temporary is left alone");
+    }
 
     #[test]
     fn lexical_normalisation() {

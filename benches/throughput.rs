@@ -17,13 +17,13 @@
 //! Each case runs in a child process so that its peak memory (max RSS) is its own.
 
 use candle_core::{Device, Tensor};
-use easynlp::apps::predict::model_outputs;
 use easynlp::cli::args::OptimizerKind;
 use easynlp::data::batch::{Batch, Example};
 use easynlp::data::tokenize::BertTokenizer;
 use easynlp::model::bert::ForwardCtx;
 use easynlp::model::classifier::{init_head, Classifier};
 use easynlp::model::config::BertConfig;
+use easynlp::model::infer::model_outputs;
 use easynlp::model::params::{read_weights, Params};
 use easynlp::rng::Rng;
 use easynlp::train::optimizer::{Optimizer, StepParams};

@@ -2,7 +2,6 @@
 //! train, evaluate and predict.
 
 pub mod evaluate;
-pub mod format;
 pub mod predict;
 pub mod run_state;
 pub mod text;

@@ -1,21 +1,19 @@
 //! `--mode=predict`: output_schema columns then append_cols for every input row, no header.
 
-use super::evaluate::{argmax, check_sequence_length};
-use super::format::{numpy_f32, python_str_repr};
 use super::text::encode_rows;
 use crate::cli::config::RunConfig;
-use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::table::{read_lines, Row};
 use crate::data::tokenize::BertTokenizer;
 use crate::distill::logits::{sha256_file, sidecar_path, LogitsSidecar, TableFingerprint};
+use crate::format::{numpy_f32, python_str_repr};
 use crate::logging;
-use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::{load_checkpoint, weights_file};
 use crate::model::classifier::Classifier;
+use crate::model::infer::{argmax, check_sequence_length, model_outputs, ModelOutputs};
 use crate::output::OutputFile;
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, D};
+use candle_core::Device;
 use std::io::Write;
 use std::path::Path;
 
@@ -52,7 +50,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     };
     let ckpt = load_checkpoint(&cfg.checkpoint_dir(), device)?;
     super::evaluate::check_labels(cfg, &ckpt.labels)?;
-    check_sequence_length(cfg, ckpt.config.max_position_embeddings)?;
+    check_sequence_length(cfg.args.sequence_length, ckpt.config.max_position_embeddings)?;
     let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
     let table = cfg.last_table();
@@ -127,40 +125,6 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     }
     logging::info(format!("wrote {written} predictions to {}", out_path.display()));
     Ok(())
-}
-
-/// Per-row model outputs, in input order.
-pub struct ModelOutputs {
-    /// Raw logits.
-    pub logits: Vec<Vec<f32>>,
-    /// Softmax probabilities.
-    pub probs: Vec<Vec<f32>>,
-}
-
-/// Logits and probabilities for `examples`, in their order, computed in length-bucketed batches
-/// (no dropout, no autograd graph). Stops with `Interrupted` between batches once a signal arrived.
-pub fn model_outputs(
-    model: &Classifier,
-    examples: &[Example],
-    batch_size: usize,
-    device: &Device,
-) -> Result<ModelOutputs> {
-    let ctx = ForwardCtx::eval();
-    let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
-    let mut logits_out = vec![Vec::new(); examples.len()];
-    let mut probs_out = vec![Vec::new(); examples.len()];
-    for idx in bucketed_batches(&lengths, batch_size, None) {
-        crate::interrupt::check()?;
-        let batch_rows: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
-        let batch = make_batch(&batch_rows, device)?;
-        let logits = model.forward(&batch, &ctx)?;
-        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
-        for ((&i, l), p) in idx.iter().zip(logits.to_vec2::<f32>()?).zip(probs) {
-            logits_out[i] = l;
-            probs_out[i] = p;
-        }
-    }
-    Ok(ModelOutputs { logits: logits_out, probs: probs_out })
 }
 
 fn join_f32(v: &[f32]) -> String {

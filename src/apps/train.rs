@@ -1,7 +1,5 @@
 //! `--mode=train`: fine-tune a BERT classifier and keep the best checkpoint.
 
-use super::evaluate::{check_sequence_length, evaluate_examples};
-use super::predict::model_outputs;
 use super::run_state::RunStart;
 use super::text::encode_rows;
 use crate::cli::config::RunConfig;
@@ -12,14 +10,15 @@ use crate::data::tokenize::BertTokenizer;
 use crate::distill::kd::{vanilla_kd_loss, KdSettings, TeacherSource};
 use crate::distill::logits::read_teacher_logits;
 use crate::logging;
+use crate::metrics::EvalReport;
 use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::load_checkpoint;
 use crate::model::classifier::{init_head, Classifier};
 use crate::model::config::BertConfig;
+use crate::model::infer::{check_sequence_length, evaluate_examples, model_outputs};
 use crate::model::params::{read_weights, Params};
 use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
-use crate::train::metrics::EvalReport;
 use crate::train::trainer::{train, TrainSettings, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -137,7 +136,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let name = cfg.udp.require("pretrain_model_name_or_path")?;
     let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
     let config = BertConfig::load(&model_dir)?;
-    check_sequence_length(cfg, config.max_position_embeddings)?;
+    check_sequence_length(cfg.args.sequence_length, config.max_position_embeddings)?;
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
     let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;
     let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;

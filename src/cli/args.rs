@@ -1,5 +1,6 @@
 //! The command-line flags, with EasyNLP's names, aliases and defaults (spec §1.1).
 
+pub use crate::train::optimizer::OptimizerKind;
 use clap::{ArgAction, Parser, ValueEnum};
 
 /// Which pipeline runs.
@@ -44,23 +45,6 @@ impl Mode {
             Mode::MetakdDev => "metakd_dev",
         }
     }
-}
-
-/// Optimizers accepted by `--optimizer_type`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-pub enum OptimizerKind {
-    /// AdamW with decoupled weight decay and bias correction (EasyNLP's default).
-    #[value(name = "AdamW")]
-    AdamW,
-    /// Adam with L2 weight decay added to the gradient (torch.optim.Adam).
-    #[value(name = "Adam")]
-    Adam,
-    /// BERT's Adam: decoupled weight decay, no bias correction.
-    #[value(name = "BertAdam")]
-    BertAdam,
-    /// Plain SGD with L2 weight decay.
-    #[value(name = "SGD")]
-    Sgd,
 }
 
 /// `easynlp`: fine-tune, distil, evaluate and run BERT text classifiers, with Alibaba EasyNLP's flags.

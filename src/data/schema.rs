@@ -45,12 +45,11 @@ impl Value {
         match self {
             Value::Str(s) => s.clone(),
             Value::Int(i) => i.to_string(),
-            Value::Float(f) => crate::apps::format::python_float(*f),
+            Value::Float(f) => crate::format::python_float(*f),
             Value::Ints(v) => format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
-            Value::Floats(v) => format!(
-                "[{}]",
-                v.iter().map(|x| crate::apps::format::python_float(*x as f64)).collect::<Vec<_>>().join(", ")
-            ),
+            Value::Floats(v) => {
+                format!("[{}]", v.iter().map(|x| crate::format::python_float(*x as f64)).collect::<Vec<_>>().join(", "))
+            }
         }
     }
 

@@ -3,15 +3,15 @@
 
 use super::parse_domain_label;
 use super::teacher::row_domains;
-use crate::apps::evaluate::{argmax, evaluate_examples};
 use crate::cli::config::RunConfig;
 use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::table::Row;
 use crate::logging;
+use crate::metrics::EvalReport;
 use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::classifier::Classifier;
-use crate::train::metrics::EvalReport;
+use crate::model::infer::{argmax, evaluate_examples};
 use anyhow::{bail, Result};
 use candle_core::{Device, D};
 use serde_json::{json, Value};

@@ -9,10 +9,10 @@
 
 use super::tables::{format_meta, guid_prefix, read_senti, MetaRow};
 use super::write_files_atomic;
-use crate::apps::format::numpy_f32;
 use crate::cli::config::PrepConfig;
 use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::tokenize::BertTokenizer;
+use crate::format::numpy_f32;
 use crate::logging;
 use crate::model::bert::{masked_mean, Bert, ForwardCtx, Taps};
 use crate::model::config::BertConfig;

@@ -6,8 +6,8 @@
 
 use super::tables::{format_meta, read_meta, MetaRow};
 use super::write_files_atomic;
-use crate::apps::format::python_float;
 use crate::cli::config::PrepConfig;
+use crate::format::python_float;
 use crate::logging;
 use anyhow::{bail, Result};
 

@@ -4,5 +4,6 @@ pub mod bert;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config;
+pub mod infer;
 pub mod params;
 pub mod zoo;

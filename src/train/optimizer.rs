@@ -3,13 +3,29 @@
 //! On the CPU the update is one fused in-place pass per parameter (no temporaries); on other
 //! devices it is written with tensor ops.
 
-use crate::cli::args::OptimizerKind;
 use crate::model::params::Params;
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Tensor, Var};
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+/// Optimizers accepted by `--optimizer_type`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum OptimizerKind {
+    /// AdamW with decoupled weight decay and bias correction (EasyNLP's default).
+    #[value(name = "AdamW")]
+    AdamW,
+    /// Adam with L2 weight decay added to the gradient (torch.optim.Adam).
+    #[value(name = "Adam")]
+    Adam,
+    /// BERT's Adam: decoupled weight decay, no bias correction.
+    #[value(name = "BertAdam")]
+    BertAdam,
+    /// Plain SGD with L2 weight decay.
+    #[value(name = "SGD")]
+    Sgd,
+}
 
 /// Hyper-parameters of one optimizer step.
 #[derive(Copy, Clone, Debug)]

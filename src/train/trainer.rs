@@ -1,12 +1,12 @@
 //! The training loop: seeded shuffling, gradient accumulation, clipping, schedule, periodic
 //! evaluation with best-checkpoint keeping, logging.
 
-use super::metrics::EvalReport;
+use super::optimizer::OptimizerKind;
 use super::optimizer::{Optimizer, StepParams};
 use super::schedule::LinearSchedule;
-use crate::cli::args::OptimizerKind;
 use crate::data::batch::{bucketed_batches, make_batch, Batch, Example};
 use crate::logging;
+use crate::metrics::EvalReport;
 use crate::model::bert::ForwardCtx;
 use crate::model::params::Params;
 use crate::rng::Rng;

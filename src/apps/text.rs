@@ -3,6 +3,7 @@
 use crate::cli::config::TextColumns;
 use crate::data::batch::Example;
 use crate::data::labels::LabelSet;
+use crate::data::schema::visible;
 use crate::data::table::Row;
 use crate::data::tokenize::BertTokenizer;
 use anyhow::{bail, Result};
@@ -44,11 +45,12 @@ pub fn encode_rows(
                 match set.index(&value) {
                     Some(i) => Some(i as u32),
                     None => bail!(
-                        "{}:{}: column `{}`: label `{value}` is not one of --label_enumerate_values ({})",
+                        "{}:{}: column `{}`: label `{}` is not one of --label_enumerate_values ({})",
                         path.display(),
                         row.line,
                         schema_names[idx],
-                        set.names.join(", ")
+                        visible(&value),
+                        set.names.iter().map(|n| visible(n)).collect::<Vec<_>>().join(", ")
                     ),
                 }
             }

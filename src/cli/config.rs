@@ -3,10 +3,11 @@
 use super::args::{Args, Mode};
 use super::udp::UserParams;
 use crate::data::schema::{Column, ColumnType, Schema};
+use crate::data::table::{check_table_path, first_line};
 use crate::distill::kd::{KdSettings, TeacherSource};
 use crate::metakd::student_train::MetaStudentSettings;
 use crate::metakd::teacher::MetaTeacherSettings;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
 /// The applications this program runs.
@@ -99,9 +100,7 @@ impl RunConfig {
         };
         let tables: Vec<PathBuf> = tables.split(',').map(PathBuf::from).collect();
         for t in &tables {
-            if !t.is_file() {
-                bail!("--tables: table file `{}` does not exist", t.display());
-            }
+            check_table_path(t, "--tables")?;
         }
         if args.checkpoint_dir.is_none() {
             bail!(
@@ -180,13 +179,7 @@ impl RunConfig {
         if !self.schema.columns.iter().any(|c| c.name == "domain") {
             return Ok(false);
         }
-        use std::io::BufRead;
-        let file = std::fs::File::open(path).with_context(|| format!("cannot read table {}", path.display()))?;
-        let mut first = Vec::new();
-        std::io::BufReader::new(file).read_until(b'\n', &mut first)?;
-        let first = String::from_utf8_lossy(&first);
-        let first = first.trim_start_matches('\u{feff}').trim_end_matches(['\n', '\r']);
-        Ok(first.split('\t').eq(self.schema.names()))
+        Ok(first_line(path)?.split('\t').eq(self.schema.names()))
     }
 }
 
@@ -287,9 +280,7 @@ impl PrepConfig {
                 bail!("--outputs: `{}` exists and is not a folder", output.display());
             }
         } else {
-            if !input.is_file() {
-                bail!("--tables: table file `{}` does not exist", input.display());
-            }
+            check_table_path(&input, "--tables")?;
             if output.is_dir() {
                 bail!("--outputs: `{}` is a folder; --mode={mode} writes a table file", output.display());
             }

@@ -36,7 +36,7 @@ impl LabelSet {
                 bail!("--label_enumerate_values: label {i} is empty");
             }
             if names[..i].contains(n) {
-                bail!("--label_enumerate_values: label `{n}` appears twice");
+                bail!("--label_enumerate_values: label `{}` appears twice", super::schema::visible(n));
             }
         }
         Ok(LabelSet { names })

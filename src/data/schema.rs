@@ -176,13 +176,58 @@ fn parse_value(col: &Column, raw: &str, place: &str) -> Result<Value> {
     })
 }
 
-/// The first 60 characters of a field, for error messages.
+/// The first 60 characters of a field, made [`visible`], for error messages.
 fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(60).collect();
-    if out.len() < s.len() {
+    let head: String = s.chars().take(60).collect();
+    let mut out = visible(&head);
+    if head.len() < s.len() {
         out.push('…');
     }
     out
+}
+
+/// `s` as it can be quoted in a message: a backslash, control characters (NUL, escape...),
+/// whitespace other than the space, and invisible format characters are written as Rust escapes
+/// (`\\`, `\0`, `\t`, `\u{1b}`, `\u{200b}`), so that the message shows what the file holds.
+pub fn visible(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() || (c.is_whitespace() && c != ' ') || is_invisible(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Format characters and fillers that print as nothing (soft hyphen, zero-width and
+/// direction marks, word joiners, the BOM, Hangul fillers, tags).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{34f}'
+            | '\u{61c}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{e0000}'..='\u{e007f}'
+    )
 }
 
 #[cfg(test)]
@@ -208,5 +253,17 @@ mod tests {
         let e = s.parse_fields(&["x", "1,2,3"], "f.tsv:4").unwrap_err().to_string();
         assert!(e.contains("`l`") && e.contains("found 3"), "{e}");
         assert!(s.parse_fields(&["x", "1,nan"], "f:1").is_err());
+        let e = s.parse_fields(&["x", "1,\u{1b}[2J"], "f.tsv:5").unwrap_err().to_string();
+        assert!(e.contains("f.tsv:5") && e.contains("`l`") && e.contains("`1,\\u{1b}[2J`"), "{e}");
+    }
+
+    #[test]
+    fn visible_escapes_what_would_not_show() {
+        assert_eq!(visible("0\0"), "0\\0");
+        assert_eq!(visible("a\tb\r\n"), "a\\tb\\r\\n");
+        assert_eq!(visible("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(visible("x\u{200b}y\u{a0}z\u{feff}"), "x\\u{200b}y\\u{a0}z\\u{feff}");
+        assert_eq!(visible("a\\0"), "a\\\\0", "a backslash is not mistaken for an escape");
+        assert_eq!(visible("it's \"café\" 中文 ❤️"), "it's \"café\" 中文 ❤️");
     }
 }

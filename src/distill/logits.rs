@@ -2,7 +2,9 @@
 //! line-by-line join of logits to training rows.
 
 use crate::data::labels::LabelSet;
-use crate::data::table::read_lines;
+use crate::data::schema::visible;
+use crate::data::table::{lines_of, table_bytes};
+use crate::logging;
 use crate::model::checkpoint::write_atomic;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -23,10 +25,11 @@ pub struct TableFingerprint {
 impl TableFingerprint {
     /// Fingerprints `path`, counting rows as the table reader does.
     pub fn of(path: &Path, skip_first_line: bool) -> Result<Self> {
+        let bytes = table_bytes(path)?;
         Ok(TableFingerprint {
             path: path.display().to_string(),
-            rows: read_lines(path, skip_first_line)?.len(),
-            sha256: sha256_file(path)?,
+            rows: lines_of(path, &bytes, skip_first_line)?.len(),
+            sha256: sha256_hex(&bytes),
         })
     }
 }
@@ -44,6 +47,16 @@ pub struct LogitsSidecar {
     pub teacher_weights_sha256: String,
 }
 
+/// A sidecar as stored: the export's record and the SHA-256 of the logits file it describes
+/// (absent from sidecars written before it was recorded).
+#[derive(Serialize, Deserialize)]
+struct StoredSidecar {
+    #[serde(flatten)]
+    sidecar: LogitsSidecar,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logits_sha256: Option<String>,
+}
+
 /// The sidecar path of a logits file.
 pub fn sidecar_path(logits: &Path) -> PathBuf {
     let mut name = logits.file_name().map(|n| n.to_os_string()).unwrap_or_default();
@@ -51,9 +64,11 @@ pub fn sidecar_path(logits: &Path) -> PathBuf {
     logits.with_file_name(name)
 }
 
-/// Writes the sidecar of `logits` atomically.
+/// Writes the sidecar of `logits` atomically, with the SHA-256 of the logits file (which must
+/// already be in place).
 pub fn write_sidecar(logits: &Path, sidecar: &LogitsSidecar) -> Result<()> {
-    write_atomic(&sidecar_path(logits), serde_json::to_string_pretty(sidecar)?.as_bytes())
+    let stored = StoredSidecar { sidecar: sidecar.clone(), logits_sha256: Some(sha256_file(logits)?) };
+    write_atomic(&sidecar_path(logits), serde_json::to_string_pretty(&stored)?.as_bytes())
 }
 
 /// SHA-256 of a file, hex.
@@ -61,11 +76,27 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&hasher.finalize()))
+}
+
+/// SHA-256 of bytes, hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first 12 hex digits of a hash, for messages.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 /// Reads the teacher logits for the training table `table` (with `rows` data rows), checking the
-/// sidecar when there is one, the row count, and N finite values per row, N = number of labels.
+/// sidecar when there is one (the logits file's hash, the table's fingerprint, the label order),
+/// the row count, and N finite values per row, N = number of labels. Blank lines at the end of
+/// the file are ignored.
 pub fn read_teacher_logits(
     logits: &Path,
     table: &Path,
@@ -73,11 +104,35 @@ pub fn read_teacher_logits(
     rows: usize,
     labels: &LabelSet,
 ) -> Result<Vec<Vec<f32>>> {
+    let bytes = table_bytes(logits)?;
     let side = sidecar_path(logits);
     if side.is_file() {
-        let text = std::fs::read_to_string(&side)?;
-        let sidecar: LogitsSidecar =
+        let text = std::fs::read_to_string(&side).with_context(|| format!("cannot read {}", side.display()))?;
+        let stored: StoredSidecar =
             serde_json::from_str(&text).with_context(|| format!("{}: not a logits sidecar", side.display()))?;
+        match &stored.logits_sha256 {
+            Some(recorded) => {
+                let actual = sha256_hex(&bytes);
+                if *recorded != actual {
+                    bail!(
+                        "{}: the logits file does not match its sidecar {} (sha256 {} recorded, {} found): it was \
+                         changed or exported again after the sidecar was written, or an export was interrupted; \
+                         export the teacher logits again",
+                        logits.display(),
+                        side.display(),
+                        short(recorded),
+                        short(&actual)
+                    );
+                }
+            }
+            None => logging::warn(format!(
+                "{}: no logits_sha256 (written by an older version), so {} cannot be checked against it; \
+                 export the teacher logits again to record it",
+                side.display(),
+                logits.display()
+            )),
+        }
+        let sidecar = stored.sidecar;
         let actual = TableFingerprint::of(table, skip_first_line)?;
         if sidecar.table.sha256 != actual.sha256 || sidecar.table.rows != actual.rows {
             bail!(
@@ -86,10 +141,10 @@ pub fn read_teacher_logits(
                 side.display(),
                 sidecar.table.path,
                 sidecar.table.rows,
-                &sidecar.table.sha256[..12.min(sidecar.table.sha256.len())],
+                short(&sidecar.table.sha256),
                 table.display(),
                 actual.rows,
-                &actual.sha256[..12]
+                short(&actual.sha256)
             );
         }
         if sidecar.labels != labels.names {
@@ -101,7 +156,17 @@ pub fn read_teacher_logits(
             );
         }
     }
-    let lines = read_lines(logits, false)?;
+    let mut lines = lines_of(logits, &bytes, false)?;
+    while lines.last().is_some_and(|(_, text)| text.trim().is_empty()) {
+        lines.pop();
+    }
+    let n = labels.len();
+    if let Some((line, _)) = lines.iter().find(|(_, text)| text.trim().is_empty()) {
+        bail!(
+            "{}:{line}: blank line; a logits file has one line of {n} comma-separated numbers per table row",
+            logits.display()
+        );
+    }
     if lines.len() != rows {
         bail!(
             "{}: {} logits rows, but the training table {} has {rows} rows; the join is by line, so they must match",
@@ -110,7 +175,6 @@ pub fn read_teacher_logits(
             table.display()
         );
     }
-    let n = labels.len();
     lines
         .iter()
         .map(|(line, text)| {
@@ -121,7 +185,7 @@ pub fn read_teacher_logits(
                 _ => bail!(
                     "{}:{line}: expected {n} comma-separated finite numbers (one logit per label), found `{}`",
                     logits.display(),
-                    text.chars().take(80).collect::<String>()
+                    visible(&text.chars().take(80).collect::<String>())
                 ),
             }
         })

@@ -4,7 +4,7 @@ use super::text::encode_rows;
 use crate::cli::config::RunConfig;
 use crate::data::table::{read_lines, Row};
 use crate::data::tokenize::BertTokenizer;
-use crate::distill::logits::{sha256_file, sidecar_path, LogitsSidecar, TableFingerprint};
+use crate::distill::logits::{sha256_file, sidecar_json, sidecar_path, LogitsSidecar, TableFingerprint};
 use crate::format::{numpy_f32, python_str_repr};
 use crate::logging;
 use crate::model::checkpoint::{load_checkpoint, weights_file};
@@ -65,6 +65,8 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let mut ids = Rng::from_entropy();
     let name = table.display().to_string();
     let mut written = 0;
+    // The logits' SHA-256 as written, for the sidecar (so both can be complete before either moves).
+    let mut logits_hash = sha2::Sha256::default();
     for chunk in lines.chunks(cfg.args.predict_slice_size.max(1)) {
         crate::interrupt::check()?;
         let rows: Vec<Row> = chunk
@@ -91,7 +93,11 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
                 });
             }
             cols.extend(append.iter().map(|&c| row.values[c].to_output()));
-            writeln!(out, "{}", cols.join("\t")).with_context(|| format!("cannot write {}", out_path.display()))?;
+            let line = cols.join("\t") + "\n";
+            out.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", out_path.display()))?;
+            if sidecar.is_some() {
+                sha2::Digest::update(&mut logits_hash, line.as_bytes());
+            }
         }
         written += rows.len();
         logging::progress(written, lines.len(), "rows predicted");
@@ -107,7 +113,9 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
                 teacher_weights_sha256: sha256_file(&weights_file(&ckpt.dir))?,
             };
             let mut side = OutputFile::create(&path, &side_dest)?;
-            side.write_all(serde_json::to_string_pretty(&meta)?.as_bytes())
+            let digest = sha2::Digest::finalize(logits_hash);
+            let sha: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            side.write_all(sidecar_json(&meta, &sha)?.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             out.commit()?;
             side.commit()?;

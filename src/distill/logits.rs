@@ -67,8 +67,13 @@ pub fn sidecar_path(logits: &Path) -> PathBuf {
 /// Writes the sidecar of `logits` atomically, with the SHA-256 of the logits file (which must
 /// already be in place).
 pub fn write_sidecar(logits: &Path, sidecar: &LogitsSidecar) -> Result<()> {
-    let stored = StoredSidecar { sidecar: sidecar.clone(), logits_sha256: Some(sha256_file(logits)?) };
-    write_atomic(&sidecar_path(logits), serde_json::to_string_pretty(&stored)?.as_bytes())
+    write_atomic(&sidecar_path(logits), sidecar_json(sidecar, &sha256_file(logits)?)?.as_bytes())
+}
+
+/// The sidecar's text for a logits file whose bytes hash to `logits_sha256`.
+pub fn sidecar_json(sidecar: &LogitsSidecar, logits_sha256: &str) -> Result<String> {
+    let stored = StoredSidecar { sidecar: sidecar.clone(), logits_sha256: Some(logits_sha256.to_string()) };
+    Ok(serde_json::to_string_pretty(&stored)?)
 }
 
 /// SHA-256 of a file, hex.

@@ -301,8 +301,7 @@ impl CustomOp2 for Attention {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
+        let [qkv, mask] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let g = self.geometry(l1)?;
         let out = self.context(qkv, mask, &g);
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.l, g.h))))
@@ -338,9 +337,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = &self.0;
-        let qkv = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
-        let dctx = util::f32_slice(s3, l3, self.name())?;
+        let [qkv, mask, dctx] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let g = op.geometry(l1)?;
         Ok((CpuStorage::F32(op.grad(qkv, mask, dctx, &g)), l1.shape().clone()))
     }

@@ -54,9 +54,7 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let w = util::f32_slice(s2, l2, self.name())?;
-        let b = util::f32_slice(s3, l3, self.name())?;
+        let [x, w, b] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (out, inp) = l2.shape().dims2()?;
         let y = forward(x, w, b, out, inp);
         let mut dims = l1.shape().dims().to_vec();
@@ -96,9 +94,7 @@ impl CustomOp3 for LinearGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let w = util::f32_slice(s2, l2, self.name())?;
-        let dy = util::f32_slice(s3, l3, self.name())?;
+        let [x, w, dy] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (out, inp) = l2.shape().dims2()?;
         let rows = x.len() / inp;
         let mut packed = vec![0f32; rows * inp + out * inp + out];

@@ -92,14 +92,23 @@ pub(crate) fn use_fused(tensors: &[&Tensor]) -> bool {
         && tensors.first().is_some_and(|t| t.elem_count() > 0)
 }
 
-/// Borrows the f32 data of a contiguous `layout` in `storage`; errors on any other dtype or on a
-/// strided layout (the public wrappers call `.contiguous()` before applying an op).
-pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { bail!("{op}: expected an f32 tensor") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{op}: expected a contiguous tensor"),
+/// The f32 data of a custom op's CPU inputs, given as `(storage, layout)` pairs in argument
+/// order: the common prologue of the fused ops' `cpu_fwd`. Errors, naming the op `op` and the
+/// input, on any dtype other than f32 or on a strided layout (the public wrappers call
+/// `.contiguous()` before applying an op).
+pub(crate) fn f32_inputs<'a, const N: usize>(
+    op: &str,
+    inputs: [(&'a CpuStorage, &Layout); N],
+) -> Result<[&'a [f32]; N]> {
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (i, (slice, (storage, layout))) in slices.iter_mut().zip(inputs).enumerate() {
+        let CpuStorage::F32(data) = storage else { bail!("{op}: expected an f32 tensor (input {i})") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("{op}: expected a contiguous tensor (input {i})")
+        };
+        *slice = &data[start..end];
     }
+    Ok(slices)
 }
 
 /// `sum_i f(a[i])` accumulated in f64 over 8 independent lanes, so that the loop vectorises.

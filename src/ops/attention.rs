@@ -44,16 +44,34 @@ pub(crate) struct Attention {
     pub(crate) dropout: Option<(f32, u64)>,
 }
 
-/// A raw pointer that rayon tasks may share; every task writes a disjoint set of elements.
+/// A raw pointer to an output buffer of `len` elements that the rayon tasks of one parallel loop
+/// share: each task writes the columns of its own (batch, head) pair, a set of elements disjoint
+/// from every other task's, while the loop holds the buffer's only (mutable) borrow.
 #[derive(Clone, Copy)]
-struct SharedPtr(*mut f32);
+struct SharedPtr {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the pointer is used only inside the parallel loop that owns the buffer's mutable
+// borrow, and the tasks write pairwise disjoint elements through it, so moving or sharing it
+// between threads creates no data race (the pointee, f32, is itself Send + Sync).
 unsafe impl Send for SharedPtr {}
+// SAFETY: see `Send`; a shared `SharedPtr` only hands out copies of the pointer.
 unsafe impl Sync for SharedPtr {}
 
 impl SharedPtr {
-    /// The pointer advanced by `offset` elements.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
+    /// Shares the buffer `buf` (which must outlive every use of the pointer).
+    fn new(buf: &mut [f32]) -> Self {
+        SharedPtr { ptr: buf.as_mut_ptr(), len: buf.len() }
+    }
+
+    /// The pointer advanced by `offset` elements (at most the buffer's length).
+    fn at(self, offset: usize) -> *mut f32 {
+        assert!(offset <= self.len, "SharedPtr: offset {offset} past the buffer's {} elements", self.len);
+        // SAFETY: `offset <= len`, so the result stays inside (or one past the end of) the
+        // buffer `ptr` was taken from.
+        unsafe { self.ptr.add(offset) }
     }
 }
 
@@ -80,11 +98,30 @@ impl Attention {
         Ok(Geometry::new(b, l, h3 / 3, self.heads))
     }
 
+    /// Panics unless `qkv` holds `[B, L, 3H]` values, `mask` `[B, L]` and `self.heads` heads of
+    /// `dh` columns fit in `H`: the bounds that the raw-pointer products of every (batch, head)
+    /// pair rely on (see [`Self::probs`]). Checked once per call of a public kernel.
+    fn check_sizes(&self, g: &Geometry, qkv: &[f32], mask: &[f32]) {
+        assert!(
+            self.heads * g.dh <= g.h && qkv.len() == g.b * g.l * 3 * g.h && mask.len() == g.b * g.l,
+            "attention: qkv of {} values, mask of {} and {} heads of {} do not fit [{}, {}, 3 x {}]",
+            qkv.len(),
+            mask.len(),
+            self.heads,
+            g.dh,
+            g.b,
+            g.l,
+            g.h
+        );
+    }
+
     /// The gradient of `qkv` from the context gradient `dctx` (probabilities recomputed).
     pub(crate) fn grad(&self, qkv: &[f32], mask: &[f32], dctx: &[f32], g: &Geometry) -> Vec<f32> {
+        self.check_sizes(g, qkv, mask);
+        assert_eq!(dctx.len(), g.b * g.l * g.h, "attention grad: the context gradient must be [B, L, H]");
         let (l, h3, dh) = (g.l, 3 * g.h, g.dh);
         let mut dqkv = vec![0f32; qkv.len()];
-        let d_ptr = SharedPtr(dqkv.as_mut_ptr());
+        let d_ptr = SharedPtr::new(&mut dqkv);
         (0..g.b * self.heads).into_par_iter().for_each_init(
             || {
                 let pd = vec![0f32; if self.dropout.is_some() { l * l } else { 0 }];
@@ -92,16 +129,25 @@ impl Attention {
             },
             |(p, pd, dp, kt), pair| {
                 let (bi, hi) = (pair / self.heads, pair % self.heads);
-                self.probs(g, qkv, mask, (bi, hi), p, pd, kt);
+                // SAFETY: `check_sizes` passed, `bi < B` and `hi < heads` (pair < B * heads), and
+                // `p` (and `pd` with dropout) hold `L x L` values.
+                unsafe { self.probs(g, qkv, mask, (bi, hi), p, pd, kt) };
                 let base = bi * l * h3;
                 let q = qkv[base + hi * dh..].as_ptr();
                 let k = qkv[base + g.h + hi * dh..].as_ptr();
                 let v = qkv[base + 2 * g.h + hi * dh..].as_ptr();
                 let dc = dctx[bi * l * g.h + hi * dh..].as_ptr();
-                let dq = unsafe { d_ptr.at(base + hi * dh) };
-                let dk = unsafe { d_ptr.at(base + g.h + hi * dh) };
-                let dv = unsafe { d_ptr.at(base + 2 * g.h + hi * dh) };
+                let dq = d_ptr.at(base + hi * dh);
+                let dk = d_ptr.at(base + g.h + hi * dh);
+                let dv = d_ptr.at(base + 2 * g.h + hi * dh);
                 let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
+                // SAFETY: (all four products) Q, K, V and dQ, dK, dV are the `L` rows of `dh`
+                // columns `hi * dh..(hi + 1) * dh` of block 0, 1, 2 of batch `bi` in qkv / dqkv
+                // (`3H` apart, in bounds as `check_sizes` passed: `(hi + 1) * dh <= H` and qkv,
+                // dqkv hold `B x L x 3H`), dC the same columns of dctx (`H` apart, `B x L x H`
+                // asserted); P, P_d, dP are this task's own `L x L` buffers. This task alone
+                // writes these dQ, dK, dV elements (its pair's columns), nothing reads them
+                // during the loop, and the matrices written never overlap the ones read.
                 unsafe {
                     // dV = P_d^T dC: P_d^T element (j, i) is P_d[i, j].
                     util::matmul(l, dh, l, dv, h3, false, probs.as_ptr(), (1, l), dc, (g.h, 1), 1.0, Parallelism::None);
@@ -113,6 +159,7 @@ impl Attention {
                     mask_in_place(dp, seed, offset, 1.0 - prob);
                 }
                 softmax_grad_rows(dp, p, l);
+                // SAFETY: as above (dS is `dp`, this task's `L x L` buffer).
                 unsafe {
                     // dQ = dS K * scale; dK = dS^T Q * scale.
                     util::matmul(l, dh, l, dq, h3, false, dp.as_ptr(), (l, 1), k, (h3, 1), g.scale, Parallelism::None);
@@ -125,23 +172,31 @@ impl Attention {
 
     /// The context `[B, L, H]` of packed projections `qkv` `[B, L, 3H]` under `mask` `[B, L]`.
     pub(crate) fn context(&self, qkv: &[f32], mask: &[f32], g: &Geometry) -> Vec<f32> {
+        self.check_sizes(g, qkv, mask);
         let (l, h3) = (g.l, 3 * g.h);
         let mut out = vec![0f32; g.b * l * g.h];
-        let out_ptr = SharedPtr(out.as_mut_ptr());
+        let out_ptr = SharedPtr::new(&mut out);
         (0..g.b * self.heads).into_par_iter().for_each_init(
             || (vec![0f32; l * l], vec![0f32; if self.dropout.is_some() { l * l } else { 0 }], Vec::new()),
             |(p, pd, kt), pair| {
                 let (bi, hi) = (pair / self.heads, pair % self.heads);
-                self.probs(g, qkv, mask, (bi, hi), p, pd, kt);
+                // SAFETY: `check_sizes` passed, `bi < B` and `hi < heads` (pair < B * heads), and
+                // `p` (and `pd` with dropout) hold `L x L` values.
+                unsafe { self.probs(g, qkv, mask, (bi, hi), p, pd, kt) };
                 let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
                 let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
-                let dst = unsafe { out_ptr.at(bi * l * g.h + hi * g.dh) };
+                let dst = out_ptr.at(bi * l * g.h + hi * g.dh);
                 // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
+                // V is the `L` rows of `dh` columns `hi * dh..` of the value block of batch `bi`
+                // (`3H` apart) and C the same columns of the batch's context rows (`H` apart):
+                // in bounds as `check_sizes` passed (`(hi + 1) * dh <= H`, qkv `B x L x 3H`, out
+                // `B x L x H`); `probs` holds `L x L`. Only this task writes those C elements.
                 if head_matmul::supported(g.dh) {
-                    // SAFETY: supported; V and the context rows are l rows of dh inside qkv / out.
+                    // SAFETY: `supported(dh)` holds; V and C as above.
                     unsafe { head_matmul::context(probs, v, h3, (l, g.dh), dst, g.h) };
                     return;
                 }
+                // SAFETY: V, C and `probs` as above; C does not overlap them (another buffer).
                 unsafe {
                     util::matmul(
                         l,
@@ -264,8 +319,13 @@ impl Attention {
 
     /// Probabilities `p` (`L x L`, row-major) of pair (batch `bi`, head `hi`); returns them
     /// after dropout in `pd` when dropout is on; `kt` is scratch space.
+    ///
+    /// # Safety
+    /// [`Self::check_sizes`]`(g, qkv, mask)` must hold (it is checked once per call of
+    /// [`Self::context`] / [`Self::grad`] rather than once per pair), `bi < B`, `hi < heads`, and
+    /// `p` must hold `L x L` values.
     #[allow(clippy::too_many_arguments)]
-    fn probs(
+    unsafe fn probs(
         &self,
         g: &Geometry,
         qkv: &[f32],
@@ -279,11 +339,15 @@ impl Attention {
         let base = bi * l * h3;
         let q = qkv[base + hi * g.dh..].as_ptr();
         let k = qkv[base + g.h + hi * g.dh..].as_ptr();
+        // Q and K are the `L` rows of `dh` columns `hi * dh..(hi + 1) * dh` of the query and key
+        // blocks of batch `bi`, `3H` apart: inside qkv by the caller's contract (`bi < B`,
+        // `(hi + 1) * dh <= H`, qkv `B x L x 3H`).
         // S = Q K^T * scale: K^T element (kk, j) is K[j, kk].
         if head_matmul::supported(g.dh) {
-            // SAFETY: supported; Q and K are l rows of dh inside qkv, h3 apart.
+            // SAFETY: `supported(dh)` holds; Q and K as above; `p` holds `L x L` (contract).
             unsafe { head_matmul::scores(q, h3, k, h3, (l, g.dh), g.scale, kt, p) };
         } else {
+            // SAFETY: Q and K as above; S is `p`, `L x L` (contract), a separate buffer.
             unsafe {
                 util::matmul(l, l, g.dh, p.as_mut_ptr(), l, false, q, (h3, 1), k, (1, h3), g.scale, Parallelism::None)
             };
@@ -301,8 +365,7 @@ impl CustomOp2 for Attention {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
+        let [qkv, mask] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let g = self.geometry(l1)?;
         let out = self.context(qkv, mask, &g);
         Ok((CpuStorage::F32(out), Shape::from((g.b, g.l, g.h))))
@@ -338,9 +401,7 @@ impl candle_core::CustomOp3 for AttentionGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let op = &self.0;
-        let qkv = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
-        let dctx = util::f32_slice(s3, l3, self.name())?;
+        let [qkv, mask, dctx] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let g = op.geometry(l1)?;
         Ok((CpuStorage::F32(op.grad(qkv, mask, dctx, &g)), l1.shape().clone()))
     }
@@ -350,7 +411,8 @@ impl candle_core::CustomOp3 for AttentionGrad {
 /// kernel where the CPU has it, else the portable one.
 fn masked_softmax(p: &mut [f32], mask: &[f32]) {
     if head_matmul::softmax_supported() {
-        // SAFETY: supported.
+        // SAFETY: `softmax_supported` detected AVX-512F at run time, the feature the kernel is
+        // compiled for; it accesses only `p` and `mask` through their slices' bounds.
         unsafe { head_matmul::masked_softmax_rows(p, mask) }
     } else {
         masked_softmax_rows(p, mask)
@@ -381,5 +443,29 @@ util::simd_fn! {
                 *d = pv * (*d - dot);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    /// Heads of zero columns (`[B, L, 0]`) take the GEMM path, not the AVX-512 kernels (which
+    /// would write whole vectors into the empty output).
+    #[test]
+    fn empty_heads_stay_in_bounds() {
+        let qkv = Tensor::zeros((2, 4, 0), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let mask = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let ctx = super::fused_attention(&qkv, &mask, 2, None).unwrap();
+        assert_eq!(ctx.dims(), [2, 4, 0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn context_checks_sizes() {
+        let attention = super::Attention { heads: 2, dropout: None };
+        let g = super::Geometry::new(1, 4, 8, 2);
+        // One row short of [1, 4, 24].
+        attention.context(&[0.0; 3 * 24], &[0.0; 4], &g);
     }
 }

@@ -59,7 +59,7 @@ impl CustomOp1 for Dropout {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(storage, layout, self.name())?;
+        let [x] = util::f32_inputs(self.name(), [(storage, layout)])?;
         Ok((CpuStorage::F32(apply_mask(x, self.keep, self.seed)), layout.shape().clone()))
     }
 
@@ -80,7 +80,7 @@ impl CustomOp1 for DropoutGrad {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = util::f32_slice(storage, layout, self.name())?;
+        let [g] = util::f32_inputs(self.name(), [(storage, layout)])?;
         Ok((CpuStorage::F32(apply_mask(g, self.keep, self.seed)), layout.shape().clone()))
     }
 }

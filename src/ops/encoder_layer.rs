@@ -196,13 +196,10 @@ impl EncoderLayer {
         let (m_s, m_l) = mask.storage_and_layout();
         let (p_s, p_l) = params.storage_and_layout();
         let (g_s, g_l) = grad.storage_and_layout();
-        let inputs = BackwardInputs {
-            x: util::f32_slice(as_cpu(&x_s)?, x_l, op)?,
-            mask: util::f32_slice(as_cpu(&m_s)?, m_l, op)?,
-            dout: util::f32_slice(as_cpu(&g_s)?, g_l, op)?,
-            dims: x_l.shape().dims3()?,
-        };
-        let p = self.params(util::f32_slice(as_cpu(&p_s)?, p_l, op)?);
+        let storages = [(as_cpu(&x_s)?, x_l), (as_cpu(&m_s)?, m_l), (as_cpu(&p_s)?, p_l), (as_cpu(&g_s)?, g_l)];
+        let [x, mask, params, dout] = util::f32_inputs(op, storages)?;
+        let inputs = BackwardInputs { x, mask, dout, dims: x_l.shape().dims3()? };
+        let p = self.params(params);
         let mut dparams = vec![0f32; self.param_count()];
         let dx = body(saved, inputs, &p, &mut self.split_mut(&mut dparams));
         let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
@@ -340,9 +337,8 @@ impl CustomOp3 for EncoderLayer {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
-        let p = self.params(util::f32_slice(s3, l3, self.name())?);
+        let [x, mask, params] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let p = self.params(params);
         let (b, l, h) = l1.shape().dims3()?;
         let qkv = linear::forward(x, p.qkv_w, p.qkv_b, 3 * h, h);
         let context = self.attention().context(&qkv, mask, &Geometry::new(b, l, h, self.heads));

@@ -66,9 +66,8 @@ impl CustomOp3 for FirstPosition {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
-        let p = self.layer.params(util::f32_slice(s3, l3, self.name())?);
+        let [x, mask, params] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
+        let p = self.layer.params(params);
         let (b, l, h) = l1.shape().dims3()?;
         let first = first_rows(x, l, h);
         let q = linear::forward(&first, &p.qkv_w[..h * h], &p.qkv_b[..h], h, h);

@@ -26,7 +26,7 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(storage, layout, self.name())?;
+        let [x] = util::f32_inputs(self.name(), [(storage, layout)])?;
         Ok((CpuStorage::F32(forward(x)), layout.shape().clone()))
     }
 
@@ -44,8 +44,7 @@ impl CustomOp2 for GeluErfBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let g = util::f32_slice(s2, l2, self.name())?;
+        let [x, g] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         if x.len() != g.len() {
             bail!("{}: input and gradient sizes differ", self.name());
         }

@@ -49,9 +49,7 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let gamma = util::f32_slice(s2, l2, self.name())?;
-        let beta = util::f32_slice(s3, l3, self.name())?;
+        let [x, gamma, beta] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         Ok((CpuStorage::F32(forward(x, gamma, beta, self.eps)), l1.shape().clone()))
     }
 
@@ -93,9 +91,7 @@ impl CustomOp3 for LayerNormBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let gamma = util::f32_slice(s2, l2, self.name())?;
-        let grad = util::f32_slice(s3, l3, self.name())?;
+        let [x, gamma, grad] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         if grad.len() != x.len() {
             bail!("{}: input and gradient sizes differ", self.name());
         }

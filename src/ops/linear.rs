@@ -54,9 +54,7 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let w = util::f32_slice(s2, l2, self.name())?;
-        let b = util::f32_slice(s3, l3, self.name())?;
+        let [x, w, b] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (out, inp) = l2.shape().dims2()?;
         let y = forward(x, w, b, out, inp);
         let mut dims = l1.shape().dims().to_vec();
@@ -96,9 +94,7 @@ impl CustomOp3 for LinearGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = util::f32_slice(s1, l1, self.name())?;
-        let w = util::f32_slice(s2, l2, self.name())?;
-        let dy = util::f32_slice(s3, l3, self.name())?;
+        let [x, w, dy] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let (out, inp) = l2.shape().dims2()?;
         let rows = x.len() / inp;
         let mut packed = vec![0f32; rows * inp + out * inp + out];
@@ -111,9 +107,16 @@ impl CustomOp3 for LinearGrad {
 }
 
 /// `y = x W^T + b` for `x` (`rows x inp`), `w` (`out x inp`), `b` (`out`); multi-threaded GEMM into
-/// a buffer pre-filled with the bias.
+/// a buffer pre-filled with the bias. Panics unless the slices have those sizes.
 pub(crate) fn forward(x: &[f32], w: &[f32], b: &[f32], out: usize, inp: usize) -> Vec<f32> {
     let rows = x.len() / inp;
+    assert!(
+        x.len() == rows * inp && w.len() == out * inp && b.len() == out,
+        "linear::forward: x ({} values), w ({}) and b ({}) do not fit [rows, {inp}] x [{out}, {inp}]^T + [{out}]",
+        x.len(),
+        w.len(),
+        b.len()
+    );
     let mut y = Vec::with_capacity(rows * out);
     // The bias in every row, written in parallel straight into the new buffer.
     y.spare_capacity_mut()[..rows * out].par_chunks_mut(out * 64).for_each(|block| {
@@ -123,9 +126,13 @@ pub(crate) fn forward(x: &[f32], w: &[f32], b: &[f32], out: usize, inp: usize) -
             }
         }
     });
-    // SAFETY: the loop above initialised all `rows * out` elements.
+    // SAFETY: the capacity is `rows * out` and the loop above initialised all of those
+    // elements: blocks of whole rows of `out`, each zipped with `b`, which has `out` values.
     unsafe { y.set_len(rows * out) };
     // y += x W^T: W^T element (k, j) is W[j, k].
+    // SAFETY: y is `rows x out` (row stride `out`), x `rows x inp` (strides `(inp, 1)`) and W
+    // `out x inp` read as W^T (strides `(1, inp)`), all sizes asserted above; y is a new buffer,
+    // so it overlaps neither input.
     unsafe {
         util::matmul(
             rows,
@@ -146,7 +153,8 @@ pub(crate) fn forward(x: &[f32], w: &[f32], b: &[f32], out: usize, inp: usize) -
 }
 
 /// Gradients of `y = x W^T + b` from `dy`: `dx (+)= dy W` (added to `dx` when `accumulate_dx`),
-/// `dW = dy^T x`, `db = colsum(dy)`; `(out, inp)` is the shape of `w`.
+/// `dW = dy^T x`, `db = colsum(dy)`; `(out, inp)` is the shape of `w`. Panics unless `x` and `dx`
+/// are `rows x inp`, `dy` `rows x out`, `w` and `dw` `out x inp` and `db` has `out` values.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     x: &[f32],
@@ -159,6 +167,24 @@ pub(crate) fn backward(
     db: &mut [f32],
 ) {
     let rows = x.len() / inp;
+    assert!(
+        x.len() == rows * inp
+            && dx.len() == rows * inp
+            && dy.len() == rows * out
+            && w.len() == out * inp
+            && dw.len() == out * inp
+            && db.len() == out,
+        "linear::backward: sizes do not fit {rows} rows of [{out}, {inp}] (x {}, dx {}, dy {}, w {}, dw {}, db {})",
+        x.len(),
+        dx.len(),
+        dy.len(),
+        w.len(),
+        dw.len(),
+        db.len()
+    );
+    // SAFETY: every matrix has the size asserted above: dx and x are `rows x inp` (row stride
+    // `inp`), dy `rows x out` (read as is, strides `(out, 1)`, or as dy^T, `(1, out)`), w and dw
+    // `out x inp`. dx and dw are written through `&mut` slices, so they overlap nothing read.
     unsafe {
         // dx = dy W.
         util::matmul(
@@ -192,4 +218,29 @@ pub(crate) fn backward(
         );
     }
     db.copy_from_slice(&util::column_sums(dy, out));
+}
+
+#[cfg(test)]
+mod tests {
+    /// A bias shorter than `out` would leave part of the output uninitialised: it is refused.
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn forward_checks_sizes() {
+        super::forward(&[1.0; 6], &[1.0; 6], &[0.0; 1], 2, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "sizes do not fit")]
+    fn backward_checks_sizes() {
+        let (mut dx, mut dw, mut db) = (vec![0.0; 6], vec![0.0; 6], vec![0.0; 2]);
+        // dy should hold 2 rows x 2 outputs.
+        super::backward(&[1.0; 6], &[1.0; 6], &[1.0; 3], (2, 3), &mut dx, false, &mut dw, &mut db);
+    }
+
+    #[test]
+    fn forward_adds_the_bias() {
+        // x [2, 3] times W^T ([2, 3]) plus b.
+        let y = super::forward(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0], &[0.5, -0.5], 2, 3);
+        assert_eq!(y, [1.5, 2.5, 4.5, 5.5]);
+    }
 }

@@ -9,6 +9,10 @@
 //! callers check [`attention::supported`] first. Kernels parallelise over rows with rayon; the element- and
 //! row-wise loops are compiled for AVX-512, AVX2 + FMA and baseline x86-64 (`util::simd_fn!`).
 
+// Every `unsafe` operation needs its own `unsafe` block, even in an `unsafe fn`, and every
+// `unsafe` block or impl a `// SAFETY:` comment that states what it relies on.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 pub mod attention;
 pub mod dropout;
 pub mod encoder_layer;

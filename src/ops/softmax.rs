@@ -38,8 +38,7 @@ impl CustomOp2 for AttentionSoftmax {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let scores = util::f32_slice(s1, l1, self.name())?;
-        let mask = util::f32_slice(s2, l2, self.name())?;
+        let [scores, mask] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         let (_, heads, q_len, k) = l1.shape().dims4()?;
         let rows_per_batch = heads * q_len;
         let mut out = vec![0f32; scores.len()];
@@ -97,8 +96,7 @@ impl CustomOp2 for AttentionSoftmaxBwd {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = util::f32_slice(s1, l1, self.name())?;
-        let g = util::f32_slice(s2, l2, self.name())?;
+        let [y, g] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2)])?;
         if l1.shape() != l2.shape() {
             bail!("{}: output and gradient shapes differ", self.name());
         }

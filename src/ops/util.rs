@@ -13,7 +13,8 @@ const ROW_BLOCK: usize = 32;
 /// loops that the compiler vectorises; this gives them wide registers without making the binary
 /// require them. (A closure passed to a `#[target_feature]` function is not reliably inlined, so
 /// the body is pasted into each variant.) The body sees a constant `FMA`, true in the variants
-/// compiled with fused multiply-add, for [`super::math::madd`].
+/// compiled with fused multiply-add, for [`super::math::madd`]. The body is safe code; the only
+/// `unsafe` is the call of a `#[target_feature]` variant, made after the features are detected.
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -21,23 +22,26 @@ macro_rules! simd_fn {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
                     #[allow(dead_code)]
                     const FMA: bool = true;
                     $body
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
                     #[allow(dead_code)]
                     const FMA: bool = true;
                     $body
                 }
                 if $crate::ops::util::has_avx512() {
-                    // SAFETY: the CPU has every feature `avx512` is compiled for.
+                    // SAFETY: calling a `#[target_feature]` function is sound when the CPU has
+                    // its features; `has_avx512` detected every feature `avx512` is compiled
+                    // for (avx512f/bw/dq/vl, AVX2 and FMA) at run time.
                     return unsafe { avx512($($arg),*) };
                 }
                 if $crate::ops::util::has_avx2() {
-                    // SAFETY: the CPU has every feature `avx2` is compiled for.
+                    // SAFETY: `has_avx2` detected AVX2 and FMA at run time, the features `avx2`
+                    // is compiled for.
                     return unsafe { avx2($($arg),*) };
                 }
             }
@@ -49,11 +53,13 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
-/// Whether the CPU has the AVX-512 subsets the `simd_fn!` kernels are compiled for.
+/// Whether the CPU has the AVX-512 subsets the `simd_fn!` kernels are compiled for, and the AVX2
+/// and FMA that they are compiled with too (every AVX-512 CPU has them; checked to be exact).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx512() -> bool {
-    std::is_x86_feature_detected!("avx512f")
+    has_avx2()
+        && std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512dq")
         && std::is_x86_feature_detected!("avx512vl")
@@ -92,14 +98,23 @@ pub(crate) fn use_fused(tensors: &[&Tensor]) -> bool {
         && tensors.first().is_some_and(|t| t.elem_count() > 0)
 }
 
-/// Borrows the f32 data of a contiguous `layout` in `storage`; errors on any other dtype or on a
-/// strided layout (the public wrappers call `.contiguous()` before applying an op).
-pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { bail!("{op}: expected an f32 tensor") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{op}: expected a contiguous tensor"),
+/// The f32 data of a custom op's CPU inputs, given as `(storage, layout)` pairs in argument
+/// order: the common prologue of the fused ops' `cpu_fwd`. Errors, naming the op `op` and the
+/// input, on any dtype other than f32 or on a strided layout (the public wrappers call
+/// `.contiguous()` before applying an op).
+pub(crate) fn f32_inputs<'a, const N: usize>(
+    op: &str,
+    inputs: [(&'a CpuStorage, &Layout); N],
+) -> Result<[&'a [f32]; N]> {
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (i, (slice, (storage, layout))) in slices.iter_mut().zip(inputs).enumerate() {
+        let CpuStorage::F32(data) = storage else { bail!("{op}: expected an f32 tensor (input {i})") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("{op}: expected a contiguous tensor (input {i})")
+        };
+        *slice = &data[start..end];
     }
+    Ok(slices)
 }
 
 /// `sum_i f(a[i])` accumulated in f64 over 8 independent lanes, so that the loop vectorises.
@@ -208,7 +223,12 @@ pub(crate) fn split_packed(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Ten
 /// strides are given as (row, column) in elements.
 ///
 /// # Safety
-/// The pointers must address matrices of the given shapes and strides; `dst` must not alias them.
+/// - `dst` must be valid for reads and writes of the `m x n` elements `dst[i * dst_rs + j]`
+///   (`i < m`, `j < n`); with `accumulate` false they are only written.
+/// - `lhs` must be valid for reads of `lhs[i * lhs_s.0 + p * lhs_s.1]` (`i < m`, `p < k`) and
+///   `rhs` of `rhs[p * rhs_s.0 + j * rhs_s.1]` (`p < k`, `j < n`).
+/// - The elements written through `dst` must not overlap those read through `lhs` and `rhs`,
+///   and no other thread may access them during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul(
     m: usize,
@@ -224,25 +244,29 @@ pub(crate) unsafe fn matmul(
     scale: f32,
     parallelism: gemm::Parallelism,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_s.1 as isize,
-        lhs_s.0 as isize,
-        rhs,
-        rhs_s.1 as isize,
-        rhs_s.0 as isize,
-        1.0,
-        scale,
-        false,
-        false,
-        false,
-        parallelism,
-    )
+    // SAFETY: `gemm::gemm` (dst := alpha dst + beta lhs rhs, dst read only when `read_dst`) reads
+    // and writes exactly the elements this function's contract makes the caller vouch for.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            lhs_s.1 as isize,
+            lhs_s.0 as isize,
+            rhs,
+            rhs_s.1 as isize,
+            rhs_s.0 as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }

@@ -17,7 +17,7 @@
 //! Each case runs in a child process so that its peak memory (max RSS) is its own.
 
 use candle_core::{Device, Tensor};
-use easynlp::cli::args::OptimizerKind;
+use easynlp::config::args::OptimizerKind;
 use easynlp::data::batch::{Batch, Example};
 use easynlp::data::tokenize::BertTokenizer;
 use easynlp::model::bert::ForwardCtx;
@@ -166,7 +166,7 @@ fn table_case(model: &str, table: &Path, text_cols: &[usize]) -> Value {
 /// Child: one epoch of text_classify training through the CLI code path.
 fn epoch_case(model: &str, train: &Path, dev: &Path, out: &Path) -> Value {
     let dir = shared().join("models").join(model);
-    let args = <easynlp::cli::args::Args as clap::Parser>::parse_from([
+    let args = <easynlp::config::args::Args as clap::Parser>::parse_from([
         "easynlp".to_string(),
         "--mode=train".into(),
         format!("--tables={},{}", train.display(), dev.display()),

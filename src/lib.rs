@@ -6,11 +6,14 @@
 pub mod alloc;
 pub mod apps;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
+pub mod digest;
 pub mod distill;
 pub mod format;
 pub mod interrupt;
+pub mod job;
 pub mod logging;
 pub mod metakd;
 pub mod metrics;

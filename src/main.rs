@@ -9,7 +9,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     easynlp::alloc::keep_freed_memory();
-    let args = easynlp::cli::args::Args::parse();
+    let args = easynlp::config::args::Args::parse();
     if let Err(err) = easynlp::interrupt::install() {
         eprintln!("error: cannot install the SIGINT/SIGTERM handlers: {err}");
         std::process::exit(1);

@@ -97,7 +97,7 @@ fn sidecar_records_the_logits_hash() {
     let side: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(s.root.join("train.logits.tsv.meta.json")).unwrap()).unwrap();
     let hash = side["logits_sha256"].as_str().expect("logits_sha256 in the sidecar");
-    assert_eq!(hash, easynlp::distill::logits::sha256_file(&s.logits).unwrap());
+    assert_eq!(hash, easynlp::digest::sha256_file(&s.logits).unwrap());
     assert_eq!(side["table"]["rows"], rows());
 }
 

@@ -3,8 +3,8 @@
 mod common;
 
 use common::{easynlp_owned, sample, stderr, tiny_bert};
-use easynlp::metakd::source::parse_review_file;
-use easynlp::metakd::weights::prototype_weights;
+use easynlp::metakd::prep::source::parse_review_file;
+use easynlp::metakd::prep::weights::prototype_weights;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

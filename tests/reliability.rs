@@ -294,13 +294,16 @@ fn killed_at_random_instants_and_resumed_is_bit_identical() {
     let duration = started.elapsed();
     let expected = std::fs::read(whole.join("model.safetensors")).unwrap();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut killed = 0;
-    for i in 0..20 {
+    let (mut killed, mut runs) = (0, 0);
+    // 20 kills at random instants of a run; a run that ends before its instant (this VM's speed
+    // varies) is checked the same way but does not count.
+    while killed < 20 {
+        assert!(runs < 40, "only {killed} of {runs} runs were killed before they ended");
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let at = duration.mul_f64((rng % 1000) as f64 / 1000.0);
-        let ck = tmp.path().join(format!("run{i}"));
+        let at = duration.mul_f64((rng % 1000) as f64 / 1000.0 * 0.9);
+        let ck = tmp.path().join(format!("run{runs}"));
         killed += usize::from(run_and_kill(&args(&ck), at));
         let mut resume = args(&ck);
         if ck.join("latest/trainer_state.json").is_file() {
@@ -308,9 +311,9 @@ fn killed_at_random_instants_and_resumed_is_bit_identical() {
         }
         run_ok(&resume);
         let got = std::fs::read(ck.join("model.safetensors")).unwrap();
-        assert!(got == expected, "run {i} (killed after {at:?}): the resumed model differs");
-        assert!(temporaries(tmp.path()).is_empty(), "run {i}: {:?}", temporaries(tmp.path()));
+        assert!(got == expected, "run {runs} (killed after {at:?}): the resumed model differs");
+        assert!(temporaries(tmp.path()).is_empty(), "run {runs}: {:?}", temporaries(tmp.path()));
         std::fs::remove_dir_all(&ck).unwrap();
+        runs += 1;
     }
-    assert!(killed >= 15, "only {killed} of 20 runs were killed before they ended");
 }

@@ -1,7 +1,7 @@
 //! `--mode=evaluate`, and the evaluation used during training.
 
-use super::text::encode_rows;
-use crate::cli::config::RunConfig;
+use crate::config::run::RunConfig;
+use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;

@@ -3,24 +3,14 @@
 
 pub mod evaluate;
 pub mod predict;
-pub mod run_state;
-pub mod text;
 pub mod train;
 
-use crate::cli::args::Mode;
-use crate::cli::config::{Invocation, RunConfig};
+use crate::config::args::Mode;
+use crate::config::run::RunConfig;
 use crate::model::checkpoint::CHECKPOINT_FILES;
 use crate::output::{check_not_input, Destination, Input};
 use anyhow::Result;
 use std::path::Path;
-
-/// Runs a validated invocation: a text-app mode or a Meta-KD preparation step.
-pub fn dispatch(invocation: &Invocation) -> Result<()> {
-    match invocation {
-        Invocation::Text(cfg) => run(cfg),
-        Invocation::MetakdPrep(prep) => crate::metakd::run(prep),
-    }
-}
 
 /// Dispatches the text-app modes on `--mode`.
 pub fn run(cfg: &RunConfig) -> Result<()> {

@@ -1,10 +1,12 @@
 //! `--mode=predict`: output_schema columns then append_cols for every input row, no header.
 
-use super::text::encode_rows;
-use crate::cli::config::RunConfig;
+use crate::config::run::RunConfig;
+use crate::data::encode::encode_rows;
+use crate::data::table::TableFingerprint;
 use crate::data::table::{read_lines, Row};
 use crate::data::tokenize::BertTokenizer;
-use crate::distill::logits::{sha256_file, sidecar_json, sidecar_path, LogitsSidecar, TableFingerprint};
+use crate::digest::sha256_file;
+use crate::distill::logits::{sidecar_json, sidecar_path, LogitsSidecar};
 use crate::format::{numpy_f32, python_str_repr};
 use crate::logging;
 use crate::model::checkpoint::{load_checkpoint, weights_file};
@@ -113,8 +115,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
                 teacher_weights_sha256: sha256_file(&weights_file(&ckpt.dir))?,
             };
             let mut side = OutputFile::create(&path, &side_dest)?;
-            let digest = sha2::Digest::finalize(logits_hash);
-            let sha: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let sha = crate::digest::hex(&sha2::Digest::finalize(logits_hash));
             side.write_all(sidecar_json(&meta, &sha)?.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             out.commit()?;

@@ -1,25 +1,25 @@
 //! `--mode=train`: fine-tune a BERT classifier and keep the best checkpoint.
 
-use super::run_state::RunStart;
-use super::text::encode_rows;
-use crate::cli::config::RunConfig;
+use crate::config::kd::{KdSettings, TeacherSource};
+use crate::config::run::RunConfig;
 use crate::data::batch::{Batch, Example};
+use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
-use crate::distill::kd::{vanilla_kd_loss, KdSettings, TeacherSource};
+use crate::distill::kd::vanilla_kd_loss;
 use crate::distill::logits::read_teacher_logits;
+use crate::job::{initial_params, train_settings, RunStart};
 use crate::logging;
 use crate::metrics::EvalReport;
 use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::load_checkpoint;
-use crate::model::classifier::{init_head, Classifier};
+use crate::model::classifier::Classifier;
 use crate::model::config::BertConfig;
 use crate::model::infer::{check_sequence_length, evaluate_examples, model_outputs};
-use crate::model::params::{read_weights, Params};
+use crate::model::params::Params;
 use crate::model::zoo::resolve_model;
-use crate::rng::Rng;
-use crate::train::trainer::{train, TrainSettings, TrainTask};
+use crate::train::trainer::{train, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -56,73 +56,10 @@ impl TrainTask for ClassifyTask<'_> {
     }
 }
 
-/// The training-loop settings of a run, from its flags and the seed it uses.
-pub(crate) fn train_settings(cfg: &RunConfig, seed: u64) -> TrainSettings {
-    TrainSettings {
-        epochs: cfg.args.epoch_num,
-        batch_size: cfg.args.micro_batch_size,
-        grad_accum: cfg.args.gradient_accumulation_steps,
-        learning_rate: cfg.args.learning_rate,
-        warmup_proportion: cfg.args.warmup_proportion,
-        max_grad_norm: cfg.args.max_grad_norm,
-        weight_decay: cfg.args.weight_decay,
-        optimizer: cfg.args.optimizer_type,
-        logging_steps: cfg.args.logging_steps,
-        save_checkpoint_steps: cfg.args.save_checkpoint_steps,
-        seed,
-    }
-}
-
 /// Reads a table and tokenizes it with labels.
 fn load_examples(cfg: &RunConfig, path: &Path, tokenizer: &BertTokenizer, labels: &LabelSet) -> Result<Vec<Example>> {
     let rows = read_table(path, &cfg.schema, cfg.skip_header(path)?)?;
     encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))
-}
-
-/// Loads the starting weights from `source` (the pretrained model, or the latest state of a
-/// resumed run) and creates a missing head.
-pub(crate) fn initial_params(
-    cfg: &RunConfig,
-    source: &Path,
-    config: &BertConfig,
-    labels: &LabelSet,
-    device: &Device,
-) -> Result<Params> {
-    let (mut weights, mut unexpected) = read_weights(source, device)?;
-    if cfg.meta_teacher.is_some() || cfg.meta_student.is_some() {
-        // The Meta-KD domain branch (and a student's fit_dense), read by crate::metakd.
-        unexpected.retain(|n| !n.starts_with("meta."));
-    }
-    if !unexpected.is_empty() {
-        logging::info(format!(
-            "ignoring {} weights that are not part of the classifier: {}",
-            unexpected.len(),
-            unexpected.join(", ")
-        ));
-    }
-    if let Some(w) = weights.get("classifier.weight") {
-        if w.dim(0)? != labels.len() {
-            logging::info(format!(
-                "dropping the pretrained classifier ({} labels, this task has {})",
-                w.dim(0)?,
-                labels.len()
-            ));
-            weights.remove("classifier.weight");
-            weights.remove("classifier.bias");
-        }
-    }
-    let mut params = Params::default();
-    for (name, t) in &weights {
-        if name.starts_with("bert.") || name.starts_with("classifier.") {
-            params.insert(name, t)?;
-        }
-    }
-    let mut rng = Rng::new(cfg.seed);
-    let created = init_head(&mut params, config, labels.len(), &mut rng, device)?;
-    if !created.is_empty() {
-        logging::info(format!("newly initialised: {}", created.join(", ")));
-    }
-    Ok(params)
 }
 
 /// `--mode=train`.
@@ -131,7 +68,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         return crate::metakd::teacher::run_train(cfg, meta, device);
     }
     if let Some(meta) = &cfg.meta_student {
-        return crate::metakd::student_train::run_train(cfg, meta, device);
+        return crate::metakd::student::run_train(cfg, meta, device);
     }
     let name = cfg.udp.require("pretrain_model_name_or_path")?;
     let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
@@ -214,13 +151,4 @@ fn attach_teacher_logits(
         row.teacher_logits = Some(l);
     }
     Ok(())
-}
-
-/// Every flag of the run plus the resolved model, saved as `train_config.json`.
-pub(crate) fn train_config_json(cfg: &RunConfig, model_dir: &Path) -> serde_json::Value {
-    let mut v = serde_json::to_value(&cfg.args).unwrap_or_default();
-    v["pretrained_model_dir"] = serde_json::json!(model_dir.display().to_string());
-    v["seed_used"] = serde_json::json!(cfg.seed);
-    v["easynlp_rs_version"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
-    v
 }

@@ -2,7 +2,9 @@
 //! optional header skipped, every row checked against the schema.
 
 use super::schema::{Schema, Value};
+use crate::digest::sha256_hex;
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
@@ -118,6 +120,29 @@ pub fn read_table(path: &Path, schema: &Schema, skip_first_line: bool) -> Result
             Ok(Row { line: *line, values })
         })
         .collect()
+}
+
+/// Identifies a table's exact content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFingerprint {
+    /// The path as given.
+    pub path: String,
+    /// Data rows (after the skipped header, if any).
+    pub rows: usize,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+}
+
+impl TableFingerprint {
+    /// Fingerprints `path`, counting rows as the table reader does.
+    pub fn of(path: &Path, skip_first_line: bool) -> Result<Self> {
+        let bytes = table_bytes(path)?;
+        Ok(TableFingerprint {
+            path: path.display().to_string(),
+            rows: lines_of(path, &bytes, skip_first_line)?.len(),
+            sha256: sha256_hex(&bytes),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,36 +3,14 @@
 
 use crate::data::labels::LabelSet;
 use crate::data::schema::visible;
+use crate::data::table::TableFingerprint;
 use crate::data::table::{lines_of, table_bytes};
+use crate::digest::{sha256_file, sha256_hex};
 use crate::logging;
 use crate::model::checkpoint::write_atomic;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-
-/// Identifies a table's exact content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableFingerprint {
-    /// The path as given.
-    pub path: String,
-    /// Data rows (after the skipped header, if any).
-    pub rows: usize,
-    /// SHA-256 of the file's bytes, hex.
-    pub sha256: String,
-}
-
-impl TableFingerprint {
-    /// Fingerprints `path`, counting rows as the table reader does.
-    pub fn of(path: &Path, skip_first_line: bool) -> Result<Self> {
-        let bytes = table_bytes(path)?;
-        Ok(TableFingerprint {
-            path: path.display().to_string(),
-            rows: lines_of(path, &bytes, skip_first_line)?.len(),
-            sha256: sha256_hex(&bytes),
-        })
-    }
-}
 
 /// What a logits export records beside the logits file (`<logits>.meta.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,23 +52,6 @@ pub fn write_sidecar(logits: &Path, sidecar: &LogitsSidecar) -> Result<()> {
 pub fn sidecar_json(sidecar: &LogitsSidecar, logits_sha256: &str) -> Result<String> {
     let stored = StoredSidecar { sidecar: sidecar.clone(), logits_sha256: Some(logits_sha256.to_string()) };
     Ok(serde_json::to_string_pretty(&stored)?)
-}
-
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(hex(&hasher.finalize()))
-}
-
-/// SHA-256 of bytes, hex.
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first 12 hex digits of a hash, for messages.

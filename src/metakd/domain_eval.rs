@@ -1,9 +1,9 @@
 //! Per-domain evaluation of tables with a `domain` column (the Meta-KD layout): every domain, their
 //! macro average and all rows together, or one domain with `genre=<domain>`.
 
-use super::parse_domain_label;
-use super::teacher::row_domains;
-use crate::cli::config::RunConfig;
+use super::tables::row_domains;
+use crate::config::metakd::parse_domain_label;
+use crate::config::run::RunConfig;
 use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::table::Row;
 use crate::logging;

@@ -1,114 +1,416 @@
-//! Building blocks of the Meta-KD student distillation (spec §5.7): the teacher-to-student layer
-//! map, the domain-expertise weight, and the stage-1 loss weighted per instance. The student
-//! training modes (`distill_stage=first|second`) are wired on top of these.
+//! Meta-KD student distillation as `--mode=train` (EasyNLP's `meta_student_distill.py`,
+//! spec §5.7 and §5.8), selected by `distill_stage=first|second` with `teacher_model_path=<a
+//! meta-teacher checkpoint>` and `genre=<domain>`.
+//!
+//! * Stage `first`: the student (a fresh model from `pretrain_model_name_or_path`, with a relu head,
+//!   its own domain branch and `meta.fit_dense: H_s -> H_t`) learns the teacher's attention maps and
+//!   hidden states over the [`layer_map`] and its domain content; per instance
+//!   `l_i = att_i + rep_i + domain_loss_weight * dom_i`, loss `mean_i(f_i * l_i)` with
+//!   `f_i = (1 + w_i) * g_i` ([`instance_weights`]). Training rows are the `genre` rows of the first
+//!   table; there is no evaluation, the model is saved at the end.
+//! * Stage `second`: the stage-1 student learns the teacher's logits with the soft cross-entropy
+//!   `mean_i sum_c -softmax(t_i/T)_c log_softmax(s_i/T)_c`; the best model is chosen by accuracy on the
+//!   `genre` rows of the last table.
+//!
+//! The teacher runs without dropout and without gradients. Teacher and student read the same
+//! token ids (their vocabularies must be identical).
 
-use anyhow::{bail, Result};
-use candle_core::{Tensor, D};
+use super::student_loss::{instance_weights, layer_map, per_instance_mse, weighted_mean, LayerMap};
+use super::tables::row_domains;
+use super::teacher::{add_meta_params, content_mean, meta_config, CORRUPT_DENSE, DOMAIN_EMBEDDING};
+use crate::config::metakd::{MetaStudentSettings, Stage};
+use crate::config::run::RunConfig;
+use crate::data::batch::{Batch, Example};
+use crate::data::encode::encode_rows;
+use crate::data::labels::LabelSet;
+use crate::data::table::read_table;
+use crate::data::tokenize::BertTokenizer;
+use crate::job::{initial_params, train_settings, RunStart};
+use crate::logging;
+use crate::metrics::EvalReport;
+use crate::model::bert::{EncoderOutput, ForwardCtx, Linear, Taps, WeightFn};
+use crate::model::checkpoint::{load_checkpoint, Checkpoint};
+use crate::model::classifier::Classifier;
+use crate::model::config::BertConfig;
+use crate::model::infer::model_outputs;
+use crate::model::infer::{check_sequence_length, evaluate_examples};
+use crate::model::params::Params;
+use crate::model::zoo::resolve_model;
+use crate::rng::Rng;
+use crate::train::trainer::{train, TrainTask};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use std::path::Path;
 
-/// Which teacher layer each student layer learns from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LayerMap {
-    /// `(student layer, teacher layer)` pairs for attention probabilities (0-based layers).
-    pub attention: Vec<(usize, usize)>,
-    /// `(student hidden state, teacher hidden state)` pairs, index 0 = embedding output.
-    pub hidden: Vec<(usize, usize)>,
+/// The student's projection `H_s -> H_t` onto the teacher's hidden size (`.weight`, `.bias`).
+pub const FIT_DENSE: &str = "meta.fit_dense";
+
+/// A classifier with the Meta-KD domain branch `corrupt_dense(domain_embedding[d] + content)`
+/// (teacher and student alike; the student adds `fit_dense` on top).
+struct DomainModel {
+    classifier: Classifier,
+    domain_embedding: Tensor,
+    corrupt_dense: Linear,
 }
 
-/// EasyNLP's uniform map with `k = teacher_layers / student_layers`: student attention layer `j`
-/// learns from teacher layer `j*k + k - 1` (the last of its block), student hidden state `j`
-/// (0..=student_layers) from teacher hidden state `j*k`. The attention MSE also needs equal head
-/// counts. Anything that cannot be mapped is an error that says why.
-pub fn layer_map(
-    teacher_layers: usize,
-    student_layers: usize,
-    teacher_heads: usize,
-    student_heads: usize,
-) -> Result<LayerMap> {
-    if student_layers == 0 || teacher_layers < student_layers {
-        bail!("cannot map a {teacher_layers}-layer teacher onto a {student_layers}-layer student: the student must have between 1 and {teacher_layers} layers");
+impl DomainModel {
+    fn load(cfg: &BertConfig, get: &WeightFn) -> Result<Self> {
+        Ok(DomainModel {
+            classifier: Classifier::load(cfg, get)?,
+            domain_embedding: get(DOMAIN_EMBEDDING)?,
+            corrupt_dense: Linear::load(get, CORRUPT_DENSE)?,
+        })
     }
-    if !teacher_layers.is_multiple_of(student_layers) {
+
+    /// Logits, encoder outputs (hidden states and attentions) and the domain content `[B, H]`.
+    fn forward(
+        &self,
+        batch: &Batch,
+        domain_ids: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<(Tensor, EncoderOutput, Tensor)> {
+        let taps = Taps { hidden_states: true, attentions: true, first_position_only: false };
+        let (logits, out) = self.classifier.forward_with(batch, taps, ctx)?;
+        let content = content_mean(&out.last_hidden, &batch.attention_mask)?;
+        let emb = self.domain_embedding.index_select(domain_ids, 0)?;
+        let dom = self.corrupt_dense.forward(&(emb + content)?)?;
+        Ok((logits, out, dom))
+    }
+}
+
+/// The per-instance stage-1 loss `att_i + rep_i + dlw * dom_i` `[B]` from the student's and the
+/// teacher's outputs; `fit` projects student hidden vectors onto the teacher's size.
+pub fn stage1_instance_losses(
+    map: &LayerMap,
+    student: (&EncoderOutput, &Tensor),
+    teacher: (&EncoderOutput, &Tensor),
+    fit: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    domain_loss_weight: f64,
+) -> candle_core::Result<Tensor> {
+    let (s_out, s_dom) = student;
+    let (t_out, t_dom) = teacher;
+    let mut l = per_instance_mse(&fit(s_dom)?, t_dom)?.affine(domain_loss_weight, 0.0)?;
+    for &(s, t) in &map.attention {
+        l = (l + per_instance_mse(&s_out.attentions[s], &t_out.attentions[t])?)?;
+    }
+    for &(s, t) in &map.hidden {
+        l = (l + per_instance_mse(&fit(&s_out.hidden_states[s])?, &t_out.hidden_states[t])?)?;
+    }
+    Ok(l)
+}
+
+/// The stage-2 loss `mean_i sum_c -softmax(t_i/T)_c * log_softmax(s_i/T)_c` (no `T^2` factor).
+pub fn soft_cross_entropy(student: &Tensor, teacher: &Tensor, temperature: f64) -> candle_core::Result<Tensor> {
+    let inv = 1.0 / temperature;
+    let p = candle_nn::ops::softmax(&teacher.affine(inv, 0.0)?, D::Minus1)?.detach();
+    let log_q = candle_nn::ops::log_softmax(&student.affine(inv, 0.0)?, D::Minus1)?;
+    (p * log_q)?.sum(D::Minus1)?.neg()?.mean(0)
+}
+
+/// Loads the meta-teacher and checks it against the run.
+fn load_teacher(meta: &MetaStudentSettings, labels: &LabelSet, device: &Device) -> Result<Checkpoint> {
+    let mut teacher = load_checkpoint(&meta.teacher, device).context("teacher_model_path")?;
+    // The domain branch (`meta.*`) is not a classifier weight: read it from the weight file itself.
+    let file = teacher.dir.join("model.safetensors");
+    if file.is_file() {
+        let saved =
+            candle_core::safetensors::load(&file, device).with_context(|| format!("cannot read {}", file.display()))?;
+        for (name, t) in saved.iter().filter(|(n, _)| n.starts_with("meta.")) {
+            teacher.params.insert(name, t)?;
+        }
+    }
+    if &teacher.labels != labels {
         bail!(
-            "cannot map a {teacher_layers}-layer teacher onto a {student_layers}-layer student: the teacher's layers must be a whole multiple of the student's (e.g. 6->3, 12->4)"
+            "teacher_model_path {}: the teacher's labels ({}) differ from --label_enumerate_values ({})",
+            meta.teacher.display(),
+            teacher.labels.names.join(","),
+            labels.names.join(",")
         );
     }
-    if teacher_heads != student_heads {
-        bail!("cannot match attention maps: the teacher has {teacher_heads} heads per layer, the student {student_heads}; they must be equal");
+    if !teacher.params.contains(DOMAIN_EMBEDDING) {
+        bail!(
+            "teacher_model_path {}: not a Meta-KD meta-teacher (no {DOMAIN_EMBEDDING}); train one with \
+             use_sample_weights=True use_domain_loss=True",
+            meta.teacher.display()
+        );
     }
-    let k = teacher_layers / student_layers;
-    Ok(LayerMap {
-        attention: (0..student_layers).map(|j| (j, j * k + k - 1)).collect(),
-        hidden: (0..=student_layers).map(|j| (j, j * k)).collect(),
-    })
+    let n = teacher.params.frozen(DOMAIN_EMBEDDING)?.dim(0)?;
+    if n != meta.domains.len() {
+        bail!(
+            "teacher_model_path {}: the teacher knows {n} domains, this run {} ({})",
+            meta.teacher.display(),
+            meta.domains.len(),
+            meta.domains.join(",")
+        );
+    }
+    Ok(teacher)
 }
 
-/// The domain-expertise weight `1 / (exp((1 - p)^2) + 1)` of an instance whose true label the
-/// teacher predicts with probability `p` (0.269 at p = 0 up to 0.5 at p = 1).
-pub fn domain_expertise_weight(p_true: f32) -> f32 {
-    1.0 / (((1.0 - p_true) * (1.0 - p_true)).exp() + 1.0)
+/// Teacher and student must tokenize alike: their `vocab.txt` must be identical.
+fn check_same_vocab(teacher: &Path, student: &Path) -> Result<()> {
+    let read = |d: &Path| std::fs::read(d.join("vocab.txt")).with_context(|| format!("{}: no vocab.txt", d.display()));
+    if read(teacher)? != read(student)? {
+        bail!(
+            "the teacher ({}) and the student ({}) have different vocabularies; Meta-KD distillation needs the same tokenizer",
+            teacher.display(),
+            student.display()
+        );
+    }
+    Ok(())
 }
 
-/// The stage-1 instance weights `f_i = (1 + w_i) * g_i` from prototype weights `w` and the
-/// teacher's probabilities of the true labels.
-pub fn instance_weights(prototype: &[f32], teacher_p_true: &[f32]) -> Vec<f32> {
-    prototype.iter().zip(teacher_p_true).map(|(&w, &p)| (1.0 + w) * domain_expertise_weight(p)).collect()
+/// The rows of `path` whose domain is `genre`, tokenized with labels; each example carries
+/// `[domain id, weight]` in `teacher_logits` (stage first) when `side` is set.
+fn load_genre_rows(
+    cfg: &RunConfig,
+    meta: &MetaStudentSettings,
+    path: &Path,
+    tokenizer: &BertTokenizer,
+    labels: &LabelSet,
+    side: bool,
+) -> Result<Vec<Example>> {
+    let rows = read_table(path, &cfg.schema, cfg.skip_header(path)?)?;
+    let domains = row_domains(&rows, path, meta.domain_column, &meta.domains)?;
+    let g = meta.genre_id();
+    let rows: Vec<_> = rows.into_iter().zip(&domains).filter(|(_, &d)| d == g).map(|(r, _)| r).collect();
+    if rows.is_empty() {
+        bail!("{}: no rows of domain `{}` (genre)", path.display(), meta.genre);
+    }
+    let mut examples = encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))?;
+    if side {
+        for (ex, row) in examples.iter_mut().zip(&rows) {
+            let raw = row.values[meta.weight_column].to_output();
+            let w: f64 = match raw.trim().parse::<f64>() {
+                Ok(w) if w.is_finite() => w,
+                _ => bail!("{}:{}: column `weight`: `{raw}` is not a finite number", path.display(), row.line),
+            };
+            ex.teacher_logits = Some(vec![g as f32, w as f32]);
+        }
+    }
+    Ok(examples)
 }
 
-/// Mean squared error per instance: `[B, ...]` pairs -> `[B]` (mean over all but the first dim).
-pub fn per_instance_mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    let batch = a.dim(0)?;
-    (a - b)?.sqr()?.reshape((batch, ()))?.mean(D::Minus1)
+/// Training of a Meta-KD student.
+struct StudentTask<'a> {
+    config: &'a BertConfig,
+    labels: &'a LabelSet,
+    meta: &'a MetaStudentSettings,
+    teacher: &'a Checkpoint,
+    map: Option<LayerMap>,
+    dev: Option<Vec<Example>>,
+    batch_size: usize,
+    device: Device,
 }
 
-/// The stage-1 loss `mean_i( f_i * l_i )` with per-instance losses `l` `[B]` and weights `f` `[B]`:
-/// each instance is weighted individually (EasyNLP scales the batch mean by `mean_i f_i`).
-pub fn weighted_mean(losses: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
-    losses.mul(&weights.detach())?.mean_all()
+/// The stage-1 loss of one batch: the teacher (`teacher_cfg`, `teacher`: a meta-teacher's weights)
+/// runs without dropout or gradients, the student (`cfg`, `params`, with `meta.*` and
+/// `meta.fit_dense`) under `ctx`; the batch carries `[domain id, prototype weight]` per row in
+/// `teacher_logits`. Returns `mean_i(f_i * (att_i + rep_i + dlw * dom_i))`.
+#[allow(clippy::too_many_arguments)]
+pub fn stage1_loss(
+    teacher_cfg: &BertConfig,
+    teacher: &Params,
+    cfg: &BertConfig,
+    params: &Params,
+    map: &LayerMap,
+    batch: &Batch,
+    domain_loss_weight: f64,
+    ctx: &ForwardCtx,
+) -> Result<Tensor> {
+    let device = batch.input_ids.device();
+    let labels = batch.labels.as_ref().context("training rows need labels")?;
+    let side: Vec<Vec<f32>> = batch.teacher_logits.as_ref().context("student batch without domains")?.to_vec2()?;
+    let ids: Vec<u32> = side.iter().map(|r| r[0] as u32).collect();
+    let ids = Tensor::new(ids.as_slice(), device)?;
+    let prototype: Vec<f32> = side.iter().map(|r| r[1]).collect();
+    let teacher = DomainModel::load(teacher_cfg, &|n| teacher.frozen(n))?;
+    let (t_logits, t_out, t_dom) = teacher.forward(batch, &ids, &ForwardCtx::eval())?;
+    let p_true: Vec<f32> =
+        candle_nn::ops::softmax(&t_logits, D::Minus1)?.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.to_vec1()?;
+    let f = Tensor::new(instance_weights(&prototype, &p_true).as_slice(), device)?;
+    let student = DomainModel::load(cfg, &|n| params.trainable(n))?;
+    let fit = Linear::load(&|n| params.trainable(n), FIT_DENSE)?;
+    let (_, s_out, s_dom) = student.forward(batch, &ids, ctx)?;
+    let l = stage1_instance_losses(map, (&s_out, &s_dom), (&t_out, &t_dom), &|x| fit.forward(x), domain_loss_weight)?;
+    Ok(weighted_mean(&l, &f)?)
+}
+
+impl TrainTask for StudentTask<'_> {
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+        match self.meta.stage {
+            Stage::First => stage1_loss(
+                &self.teacher.config,
+                &self.teacher.params,
+                self.config,
+                params,
+                self.map.as_ref().expect("stage first has a layer map"),
+                batch,
+                self.meta.domain_loss_weight,
+                ctx,
+            ),
+            Stage::Second => {
+                let teacher = batch.teacher_logits.as_ref().context("student batch without teacher logits")?;
+                let model = Classifier::load(self.config, &|n| params.trainable(n))?;
+                let logits = model.forward(batch, ctx)?;
+                Ok(soft_cross_entropy(&logits, teacher, self.meta.temperature)?)
+            }
+        }
+    }
+
+    fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>> {
+        let Some(dev) = &self.dev else {
+            return Ok(None);
+        };
+        let model = Classifier::load(self.config, &|n| params.frozen(n))?;
+        Ok(Some(evaluate_examples(&model, dev, self.batch_size, self.labels.len(), &self.device)?))
+    }
+}
+
+/// Adds `meta.fit_dense` (`H_s -> H_t`): from `source` when saved there with the right shape (a
+/// resumed run), else N(0, initializer_range) with a zero bias. Returns the names it created.
+pub fn add_fit_dense(
+    params: &mut Params,
+    source: &Path,
+    student: &BertConfig,
+    teacher_hidden: usize,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Vec<String>> {
+    let file = source.join("model.safetensors");
+    let saved = if file.is_file() {
+        candle_core::safetensors::load(&file, device).with_context(|| format!("cannot read {}", file.display()))?
+    } else {
+        Default::default()
+    };
+    let wanted = [
+        (format!("{FIT_DENSE}.weight"), vec![teacher_hidden, student.hidden_size], student.initializer_range),
+        (format!("{FIT_DENSE}.bias"), vec![teacher_hidden], 0.0),
+    ];
+    let mut created = Vec::new();
+    for (name, shape, std) in wanted {
+        match saved.get(&name) {
+            Some(t) if t.dims() == shape.as_slice() => params.insert(&name, t)?,
+            _ => {
+                if params.init_missing(&name, &shape, std, rng, device)? {
+                    created.push(name);
+                }
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// `--mode=train` of a Meta-KD student (`distill_stage=first|second`).
+pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -> Result<()> {
+    let name = cfg.udp.require("pretrain_model_name_or_path")?;
+    let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
+    let base = BertConfig::load(&model_dir)?;
+    check_sequence_length(cfg.args.sequence_length, base.max_position_embeddings)?;
+    let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
+    let teacher = load_teacher(meta, &labels, device)?;
+    check_sequence_length(cfg.args.sequence_length, teacher.config.max_position_embeddings)?;
+    check_same_vocab(&teacher.dir, &model_dir)?;
+    let config = meta_config(&base, &meta.domains);
+    let map = match meta.stage {
+        Stage::First => Some(
+            layer_map(
+                teacher.config.num_hidden_layers,
+                config.num_hidden_layers,
+                teacher.config.num_attention_heads,
+                config.num_attention_heads,
+            )
+            .context("Meta-KD stage first")?,
+        ),
+        Stage::Second => None,
+    };
+    let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;
+    let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
+    let stage1 = meta.stage == Stage::First;
+    let mut train_rows = load_genre_rows(cfg, meta, &cfg.tables[0], &tokenizer, &labels, stage1)?;
+    let dev = if !stage1 && cfg.udp.bool("do_eval", true)? {
+        Some(load_genre_rows(cfg, meta, cfg.last_table(), &tokenizer, &labels, false)?)
+    } else {
+        None
+    };
+    let mut params = initial_params(cfg, &start.weights_source, &config, &labels, device)?;
+    if stage1 {
+        let source = &start.weights_source;
+        let mut rng = Rng::new(cfg.seed ^ 0x6D65_7461_2D73_7464);
+        let mut created = add_meta_params(&mut params, source, &config, meta.domains.len(), &mut rng, device)?;
+        created.extend(add_fit_dense(&mut params, source, &config, teacher.config.hidden_size, &mut rng, device)?);
+        if !created.is_empty() {
+            logging::info(format!("newly initialised: {}", created.join(", ")));
+        }
+        DomainModel::load(&config, &|n| params.frozen(n))
+            .with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
+    } else {
+        Classifier::load(&config, &|n| params.frozen(n))
+            .with_context(|| format!("{}: incomplete BERT weights", model_dir.display()))?;
+        let model = Classifier::load(&teacher.config, &|n| teacher.params.frozen(n))?;
+        logging::info(format!("computing teacher logits with {} on {} rows", teacher.dir.display(), train_rows.len()));
+        let logits = model_outputs(&model, &train_rows, cfg.args.micro_batch_size, device)?.logits;
+        for (row, l) in train_rows.iter_mut().zip(logits) {
+            row.teacher_logits = Some(l);
+        }
+    }
+    logging::info(format!(
+        "Meta-KD student, stage {}: genre {} ({} training rows), teacher {} ({} layers), student {} layers, {}",
+        if stage1 { "first" } else { "second" },
+        meta.genre,
+        train_rows.len(),
+        teacher.dir.display(),
+        teacher.config.num_hidden_layers,
+        config.num_hidden_layers,
+        if stage1 {
+            format!("domain_loss_weight={}", meta.domain_loss_weight)
+        } else {
+            format!("T={}", meta.temperature)
+        }
+    ));
+    let task = StudentTask {
+        config: &config,
+        labels: &labels,
+        meta,
+        teacher: &teacher,
+        map,
+        dev,
+        batch_size: cfg.args.micro_batch_size,
+        device: device.clone(),
+    };
+    let mut settings = train_settings(cfg, start.seed);
+    if stage1 {
+        // No evaluator: one save at the end (EasyNLP saves nothing when save_checkpoint_steps is given).
+        if settings.save_checkpoint_steps.take().is_some() {
+            logging::info(
+                "stage first has no evaluation: --save_checkpoint_steps is ignored, the student is saved at the end",
+            );
+        }
+    }
+    let state = train(&settings, &params, &train_rows, &task, &start.writer, start.resume, device)?;
+    start.writer.log_done(&state, "student", Some(&meta.genre));
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
-    fn uniform_layer_maps() {
-        let m = layer_map(6, 3, 12, 12).unwrap();
-        assert_eq!(m.attention, vec![(0, 1), (1, 3), (2, 5)]);
-        assert_eq!(m.hidden, vec![(0, 0), (1, 2), (2, 4), (3, 6)]);
-        let m = layer_map(12, 4, 12, 12).unwrap();
-        assert_eq!(m.attention, vec![(0, 2), (1, 5), (2, 8), (3, 11)]);
-        assert_eq!(m.hidden, vec![(0, 0), (1, 3), (2, 6), (3, 9), (4, 12)]);
-        let e = layer_map(6, 4, 12, 12).unwrap_err().to_string();
-        assert!(e.contains("whole multiple") && e.contains("6-layer teacher"), "{e}");
-        assert!(layer_map(6, 3, 12, 8).unwrap_err().to_string().contains("heads"));
-        assert!(layer_map(3, 6, 12, 12).is_err());
-    }
-
-    #[test]
-    fn expertise_weight_formula() {
-        assert!((domain_expertise_weight(1.0) - 0.5).abs() < 1e-7);
-        let at0 = 1.0 / (1f32.exp() + 1.0);
-        assert!((domain_expertise_weight(0.0) - at0).abs() < 1e-7);
-        assert!((domain_expertise_weight(0.5) - 1.0 / (0.25f32.exp() + 1.0)).abs() < 1e-7);
-        let f = instance_weights(&[0.5, 0.0], &[1.0, 0.0]);
-        assert!((f[0] - 0.75).abs() < 1e-6 && (f[1] - at0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn stage1_loss_weights_each_instance() {
+    fn soft_cross_entropy_matches_the_formula() {
         let d = Device::Cpu;
-        let a = Tensor::new(&[[1f32, 2.0], [0.0, 0.0], [3.0, 1.0]], &d).unwrap();
-        let b = Tensor::new(&[[0f32, 2.0], [1.0, 1.0], [1.0, 1.0]], &d).unwrap();
-        let l = per_instance_mse(&a, &b).unwrap();
-        assert_eq!(l.to_vec1::<f32>().unwrap(), vec![0.5, 1.0, 2.0]);
-        let w = Tensor::new(&[1f32, 1.0, 1.0], &d).unwrap();
-        let w2 = Tensor::new(&[1f32, 1.0, 2.0], &d).unwrap();
-        let base = weighted_mean(&l, &w).unwrap().to_scalar::<f32>().unwrap();
-        let doubled = weighted_mean(&l, &w2).unwrap().to_scalar::<f32>().unwrap();
-        // Doubling instance 2's weight adds exactly its loss / batch size.
-        assert!((doubled - base - 2.0 / 3.0).abs() < 1e-6);
-        // A batch-level scale (EasyNLP) would give mean(l) * mean(w) instead.
-        assert!((doubled - (3.5 / 3.0) * (4.0 / 3.0)).abs() > 1e-3);
+        let s = Tensor::new(&[[1f32, -1.0], [0.5, 0.0]], &d).unwrap();
+        let t = Tensor::new(&[[2f32, 0.0], [0.0, 1.0]], &d).unwrap();
+        let got = soft_cross_entropy(&s, &t, 2.5).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let sm = |v: [f64; 2]| {
+            let m = (v[0].exp() + v[1].exp()).ln();
+            [v[0] - m, v[1] - m]
+        };
+        let mut want = 0.0;
+        for (sv, tv) in [([1.0, -1.0], [2.0, 0.0]), ([0.5, 0.0], [0.0, 1.0])] {
+            let ls = sm([sv[0] / 2.5, sv[1] / 2.5]);
+            let lt = sm([tv[0] / 2.5, tv[1] / 2.5]);
+            want += -(lt[0].exp() * ls[0] + lt[1].exp() * ls[1]);
+        }
+        assert!((got - want / 2.0).abs() < 1e-5, "{got} vs {}", want / 2.0);
     }
 }

@@ -1,7 +1,7 @@
 //! The Meta-KD tables: SENTI (`review domain sentiment`, written by the split) and the Meta-KD
 //! layout (`guid text_a text_b label domain embeddings|weight`), one row per line, with a header.
 
-use crate::data::table::read_lines;
+use crate::data::table::{read_lines, Row};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -179,6 +179,17 @@ pub fn format_meta(last: &str, rows: &[MetaRow]) -> String {
         out.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{}\n", r.guid, r.text_a, r.text_b, r.label, r.domain, r.last));
     }
     out
+}
+
+/// The domain id of every row (`check_domain` errors name file and line).
+pub fn row_domains(rows: &[Row], path: &Path, column: usize, domains: &[String]) -> Result<Vec<usize>> {
+    rows.iter()
+        .map(|r| {
+            let name = r.values[column].to_output();
+            check_domain(&name, domains, &format!("{}:{}", path.display(), r.line))?;
+            Ok(domains.iter().position(|d| *d == name).expect("checked"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

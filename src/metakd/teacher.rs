@@ -15,18 +15,15 @@
 //! `num_domains` and `domains`, so plain evaluate/predict give the logits the teacher trained with.
 
 use super::domain_eval::{score_rows, DomainReport};
-use super::parse_domain_label;
-use super::tables::check_domain;
-use crate::apps::run_state::RunStart;
-use crate::apps::text::encode_rows;
-use crate::apps::train::{initial_params, train_settings};
-use crate::cli::config::RunConfig;
-use crate::cli::udp::UserParams;
+use super::tables::row_domains;
+use crate::config::metakd::MetaTeacherSettings;
+use crate::config::run::RunConfig;
 use crate::data::batch::{Batch, Example};
+use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
-use crate::data::schema::Schema;
-use crate::data::table::{read_table, Row};
+use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
+use crate::job::{initial_params, train_settings, RunStart};
 use crate::logging;
 use crate::metrics::EvalReport;
 use crate::model::bert::{masked_mean, ForwardCtx, Linear, Taps, WeightFn};
@@ -46,64 +43,6 @@ pub const DOMAIN_EMBEDDING: &str = "meta.domain_embedding.weight";
 pub const CORRUPT_DENSE: &str = "meta.corrupt_dense";
 /// `H -> num_domains` domain classifier (`.weight`, `.bias`).
 pub const DOMAIN_CLASSIFIER: &str = "meta.domain_classifier";
-
-/// Meta-teacher settings from `user_defined_parameters` and the schema.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MetaTeacherSettings {
-    /// `use_sample_weights`: weight each instance's loss by its `weight` column.
-    pub use_sample_weights: bool,
-    /// `use_domain_loss`: add the domain-corruption loss.
-    pub use_domain_loss: bool,
-    /// `domain_loss_weight` (>= 0).
-    pub domain_loss_weight: f64,
-    /// `domain_label`, in domain-id order.
-    pub domains: Vec<String>,
-    /// Schema index of the `domain` column.
-    pub domain_column: usize,
-    /// Schema index of the `weight` column.
-    pub weight_column: usize,
-}
-
-impl MetaTeacherSettings {
-    /// The meta-teacher is selected by the presence of `use_sample_weights` or `use_domain_loss`
-    /// (train mode); `None` otherwise.
-    pub fn from_udp(udp: &UserParams, schema: &Schema) -> Result<Option<Self>> {
-        if udp.get("use_sample_weights").is_none() && udp.get("use_domain_loss").is_none() {
-            return Ok(None);
-        }
-        if udp.bool("enable_distillation", false)? {
-            bail!(
-                "--user_defined_parameters: use_sample_weights/use_domain_loss train the Meta-KD meta-teacher, \
-                 which cannot be combined with enable_distillation=True"
-            );
-        }
-        if let Some(g) = udp.get("genre") {
-            bail!(
-                "--user_defined_parameters: genre={g}: the meta-teacher trains on every domain \
-                 (genre selects the domain of a student or of --mode=evaluate)"
-            );
-        }
-        let use_sample_weights = udp.bool("use_sample_weights", false)?;
-        let use_domain_loss = udp.bool("use_domain_loss", false)?;
-        if use_domain_loss && udp.get("domain_loss_weight").is_none() {
-            bail!("--user_defined_parameters: use_domain_loss=True needs domain_loss_weight=... (EasyNLP's tutorial: 0.5)");
-        }
-        let domain_loss_weight = udp.float_in("domain_loss_weight", 0.0, 0.0, 1e6)?;
-        let domains = parse_domain_label(udp.get("domain_label"))?;
-        let what =
-            "the Meta-KD meta-teacher (use_sample_weights/use_domain_loss) reads the columns `domain` and `weight`";
-        let domain_column = schema.index_of("domain", what)?;
-        let weight_column = schema.index_of("weight", what)?;
-        Ok(Some(MetaTeacherSettings {
-            use_sample_weights,
-            use_domain_loss,
-            domain_loss_weight,
-            domains,
-            domain_column,
-            weight_column,
-        }))
-    }
-}
 
 /// The meta-teacher: the relu-head classifier plus the domain branch.
 pub struct MetaTeacher {
@@ -249,17 +188,6 @@ pub struct DomainExamples {
     pub domains: Vec<usize>,
 }
 
-/// The domain id of every row (`check_domain` errors name file and line).
-pub fn row_domains(rows: &[Row], path: &Path, column: usize, domains: &[String]) -> Result<Vec<usize>> {
-    rows.iter()
-        .map(|r| {
-            let name = r.values[column].to_output();
-            check_domain(&name, domains, &format!("{}:{}", path.display(), r.line))?;
-            Ok(domains.iter().position(|d| *d == name).expect("checked"))
-        })
-        .collect()
-}
-
 /// Reads and tokenizes a Meta-KD table; with `weights`, also reads the `weight` column.
 fn load_meta_table(
     cfg: &RunConfig,
@@ -402,26 +330,5 @@ mod tests {
         p.sort();
         assert_eq!(p, distinct);
         assert!(corrupt_domains(&[], 1).is_empty());
-    }
-
-    #[test]
-    fn settings_are_selected_by_the_meta_keys() {
-        let schema =
-            Schema::parse("guid:str:1,text_a:str:1,text_b:str:1,label:str:1,domain:str:1,weight:str:1").unwrap();
-        let p = |s: &str| MetaTeacherSettings::from_udp(&UserParams::parse(Some(s)).unwrap(), &schema);
-        assert_eq!(p("pretrain_model_name_or_path=m").unwrap(), None);
-        let m = p("use_sample_weights=True use_domain_loss=True domain_loss_weight=0.5").unwrap().unwrap();
-        assert!(m.use_sample_weights && m.use_domain_loss);
-        assert_eq!((m.domain_loss_weight, m.domain_column, m.weight_column), (0.5, 4, 5));
-        assert_eq!(m.domains, ["books", "dvd", "electronics", "kitchen"]);
-        assert!(p("use_domain_loss=True").unwrap_err().to_string().contains("domain_loss_weight"));
-        assert!(p("use_domain_loss=True domain_loss_weight=-1").is_err());
-        assert!(p("use_sample_weights=True genre=books").is_err());
-        assert!(p("use_sample_weights=True enable_distillation=True").is_err());
-        let plain = Schema::parse("sent:str:1,label:str:1").unwrap();
-        let e = MetaTeacherSettings::from_udp(&UserParams::parse(Some("use_sample_weights=True")).unwrap(), &plain)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("`domain`"), "{e}");
     }
 }

@@ -7,13 +7,13 @@
 //! without its bug: padding positions are excluded, so a row's embedding does not depend on the
 //! batch it is in, and equals EasyNLP's for a row that needs no padding.
 
-use super::tables::{format_meta, guid_prefix, read_senti, MetaRow};
 use super::write_files_atomic;
-use crate::cli::config::PrepConfig;
+use crate::config::run::PrepConfig;
 use crate::data::batch::{bucketed_batches, make_batch, Example};
 use crate::data::tokenize::BertTokenizer;
 use crate::format::numpy_f32;
 use crate::logging;
+use crate::metakd::tables::{format_meta, guid_prefix, read_senti, MetaRow};
 use crate::model::bert::{masked_mean, Bert, ForwardCtx, Taps};
 use crate::model::config::BertConfig;
 use crate::model::params::{read_weights, Params};

@@ -4,11 +4,11 @@
 //! domains' centroids, an instance x of domain d gets `weight = (cos(x, c_d) + cos(x, o_d)) / 2`.
 //! The centroids are per domain (not per class), as in EasyNLP's code.
 
-use super::tables::{format_meta, read_meta, MetaRow};
 use super::write_files_atomic;
-use crate::cli::config::PrepConfig;
+use crate::config::run::PrepConfig;
 use crate::format::python_float;
 use crate::logging;
+use crate::metakd::tables::{format_meta, read_meta, MetaRow};
 use anyhow::{bail, Result};
 
 /// Cosine similarity in f64; 0 when either vector is all zeros.

@@ -4,10 +4,10 @@
 //! EasyNLP's `generate_dev_file.py` names the last column `embeddings` although it holds the
 //! weight; here it is `weight`, the column the Meta-KD datasets read.
 
-use super::tables::{format_meta, guid_prefix, read_senti, MetaRow};
 use super::write_files_atomic;
-use crate::cli::config::PrepConfig;
+use crate::config::run::PrepConfig;
 use crate::logging;
+use crate::metakd::tables::{format_meta, guid_prefix, read_senti, MetaRow};
 use anyhow::Result;
 
 /// `--mode=metakd_dev`.

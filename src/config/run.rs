@@ -1,12 +1,12 @@
 //! The validated run configuration built from the flags and `user_defined_parameters`.
 
 use super::args::{Args, Mode};
+use super::kd::{KdSettings, TeacherSource};
+use super::metakd::{parse_domain_label, MetaStudentSettings, MetaTeacherSettings};
 use super::udp::UserParams;
+pub use crate::data::encode::TextColumns;
 use crate::data::schema::{Column, ColumnType, Schema};
 use crate::data::table::{check_table_path, first_line};
-use crate::distill::kd::{KdSettings, TeacherSource};
-use crate::metakd::student_train::MetaStudentSettings;
-use crate::metakd::teacher::MetaTeacherSettings;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -17,17 +17,6 @@ pub enum App {
     TextClassify,
     /// Single-tower sentence-pair matching (same model as classification).
     TextMatch,
-}
-
-/// Schema positions of the text and label columns.
-#[derive(Clone, Debug)]
-pub struct TextColumns {
-    /// `--first_sequence`.
-    pub first: usize,
-    /// `--second_sequence`.
-    pub second: Option<usize>,
-    /// `--label_name` (absent in predict).
-    pub label: Option<usize>,
 }
 
 /// Everything a run needs, checked up front.
@@ -204,26 +193,6 @@ fn split_logits_column(schema: &mut Schema, kd: Option<&KdSettings>) -> Result<O
     Ok(schema.columns.pop())
 }
 
-/// A validated invocation: a text-app run, or a Meta-KD data-preparation step.
-#[derive(Clone, Debug)]
-pub enum Invocation {
-    /// train, evaluate or predict.
-    Text(Box<RunConfig>),
-    /// metakd_split, metakd_embeddings, metakd_weights or metakd_dev.
-    MetakdPrep(Box<PrepConfig>),
-}
-
-impl Invocation {
-    /// Validates the flags for the chosen mode.
-    pub fn from_args(args: Args) -> Result<Self> {
-        if args.mode.is_metakd_prep() {
-            Ok(Invocation::MetakdPrep(Box::new(PrepConfig::from_args(args)?)))
-        } else {
-            Ok(Invocation::Text(Box::new(RunConfig::from_args(args)?)))
-        }
-    }
-}
-
 /// Everything a Meta-KD data-preparation step needs, checked up front.
 #[derive(Clone, Debug)]
 pub struct PrepConfig {
@@ -257,7 +226,7 @@ impl PrepConfig {
                 allowed.join(", ")
             );
         }
-        let domains = crate::metakd::parse_domain_label(udp.get("domain_label"))?;
+        let domains = parse_domain_label(udp.get("domain_label"))?;
         let Some(tables) = args.tables.as_deref().filter(|t| !t.is_empty()) else {
             bail!("--tables is required in --mode={mode}");
         };

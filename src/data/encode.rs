@@ -1,13 +1,23 @@
 //! Turning parsed table rows into model examples: text columns, labels and tokenization.
 
-use crate::cli::config::TextColumns;
-use crate::data::batch::Example;
-use crate::data::labels::LabelSet;
-use crate::data::schema::visible;
-use crate::data::table::Row;
-use crate::data::tokenize::BertTokenizer;
+use super::batch::Example;
+use super::labels::LabelSet;
+use super::schema::visible;
+use super::table::Row;
+use super::tokenize::BertTokenizer;
 use anyhow::{bail, Result};
 use std::path::Path;
+
+/// Schema positions of the text and label columns.
+#[derive(Clone, Debug)]
+pub struct TextColumns {
+    /// `--first_sequence`.
+    pub first: usize,
+    /// `--second_sequence`.
+    pub second: Option<usize>,
+    /// `--label_name` (absent in predict).
+    pub label: Option<usize>,
+}
 
 /// Tokenizes `rows` of `path`; with `labels`, every row's label must be one of them.
 pub fn encode_rows(

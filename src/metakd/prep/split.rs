@@ -7,10 +7,10 @@
 //! then shuffled, so the domains are interleaved. The same input and seed give the same files.
 
 use super::source::{read_domains, Review};
-use super::tables::format_senti;
 use super::write_files_atomic;
-use crate::cli::config::PrepConfig;
+use crate::config::run::PrepConfig;
 use crate::logging;
+use crate::metakd::tables::format_senti;
 use crate::rng::Rng;
 use anyhow::{Context, Result};
 

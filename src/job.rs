@@ -1,0 +1,219 @@
+//! The set-up of a training run from its [`RunConfig`]: the checkpoint directory (locked, with the
+//! fingerprint of everything that shapes the run and the state to resume from), the starting
+//! weights and the loop's settings. Shared by the text apps and the Meta-KD trainings.
+
+use crate::config::run::RunConfig;
+use crate::data::labels::LabelSet;
+use crate::data::table::TableFingerprint;
+use crate::digest::sha256_file;
+use crate::logging;
+use crate::model::checkpoint::weights_file;
+use crate::model::classifier::init_head;
+use crate::model::config::BertConfig;
+use crate::model::params::{read_weights, Params};
+use crate::persist::DirLock;
+use crate::rng::Rng;
+use crate::train::checkpoints::{check_same_run, read_saved_state, CheckpointWriter};
+use crate::train::trainer::{Resume, TrainSettings};
+use anyhow::{bail, Result};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+/// A training run, ready to start or continue: the locked checkpoint writer, the state to resume
+/// from, the seed and where the starting weights come from.
+pub struct RunStart<'a> {
+    /// Saves into `--checkpoint_dir`, which it holds locked.
+    pub writer: CheckpointWriter<'a>,
+    /// The latest state of `--resume_from_checkpoint`.
+    pub resume: Option<Resume>,
+    /// The seed: `--random_seed` when positive, else the resumed run's, else a drawn one.
+    pub seed: u64,
+    /// The folder whose `model.safetensors` the weights start from.
+    pub weights_source: PathBuf,
+}
+
+impl<'a> RunStart<'a> {
+    /// Locks the checkpoint directory, reads and checks the state to resume from, and (when
+    /// resuming into another directory) brings the best model so far along.
+    pub fn begin(
+        cfg: &RunConfig,
+        config: &'a BertConfig,
+        labels: &'a LabelSet,
+        model_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let dir = cfg.checkpoint_dir();
+        let lock = DirLock::acquire(&dir)?;
+        let resume_dir = cfg.args.resume_from_checkpoint.as_deref().map(Path::new);
+        let saved = resume_dir.map(|d| read_saved_state(d, device)).transpose()?;
+        let seed = match &saved {
+            Some((state, _, _)) if cfg.args.random_seed <= 0 => state.progress.seed,
+            _ => cfg.seed,
+        };
+        if cfg.args.random_seed <= 0 {
+            let origin = if saved.is_some() { "the resumed run's seed" } else { "drew a seed" };
+            logging::info(format!(
+                "--random_seed={}: {origin}, {seed} (--random_seed={seed} repeats it)",
+                cfg.args.random_seed
+            ));
+        }
+        let fingerprint = run_fingerprint(cfg, labels, model_dir, seed)?;
+        if let (Some((state, _, latest)), Some(from)) = (&saved, resume_dir) {
+            check_same_run(&state.fingerprint, &fingerprint, from)?;
+            if state.progress.seed != seed {
+                bail!(
+                    "{}: the saved state was trained with seed {}, not {seed}",
+                    latest.display(),
+                    state.progress.seed
+                );
+            }
+        }
+        let mut train_config = train_config_json(cfg, model_dir);
+        train_config["seed_used"] = serde_json::json!(seed);
+        let writer = CheckpointWriter::new(
+            lock,
+            (config, labels, model_dir),
+            train_config,
+            cfg.args.save_all_checkpoints,
+            &fingerprint,
+        );
+        let (resume, weights_source) = match (saved, resume_dir) {
+            (Some((state, optimizer, latest)), Some(from)) => {
+                writer.adopt_best_model(from)?;
+                (Some(Resume { state: state.progress, optimizer }), latest)
+            }
+            _ => (None, model_dir.to_path_buf()),
+        };
+        Ok(RunStart { writer, resume, seed, weights_source })
+    }
+}
+
+/// Everything that shapes a run, in a fixed order, as `(name, value)`; file contents by SHA-256.
+fn run_fingerprint(cfg: &RunConfig, labels: &LabelSet, model_dir: &Path, seed: u64) -> Result<Vec<(String, String)>> {
+    let a = &cfg.args;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let mut f: Vec<(String, String)> = vec![("app_name".into(), a.app_name.clone())];
+    let train = &cfg.tables[0];
+    f.push(("training table (SHA-256)".into(), TableFingerprint::of(train, cfg.skip_header(train)?)?.sha256));
+    if cfg.udp.bool("do_eval", true)? {
+        let dev = cfg.last_table();
+        f.push(("validation table (SHA-256)".into(), TableFingerprint::of(dev, cfg.skip_header(dev)?)?.sha256));
+    }
+    f.extend([
+        ("input_schema".into(), opt(&a.input_schema)),
+        ("first_sequence".into(), opt(&a.first_sequence)),
+        ("second_sequence".into(), opt(&a.second_sequence)),
+        ("label_name".into(), opt(&a.label_name)),
+        ("skip_first_line".into(), a.skip_first_line.to_string()),
+        ("labels (in order)".into(), labels.names.join(",")),
+        ("model (SHA-256 of its weights)".into(), weights_sha256(model_dir)?),
+        ("sequence_length".into(), a.sequence_length.to_string()),
+        ("do_lower_case".into(), a.do_lower_case.to_string()),
+        ("micro_batch_size".into(), a.micro_batch_size.to_string()),
+        ("gradient_accumulation_steps".into(), a.gradient_accumulation_steps.to_string()),
+        ("learning_rate".into(), a.learning_rate.to_string()),
+        ("warmup_proportion".into(), a.warmup_proportion.to_string()),
+        ("epoch_num".into(), a.epoch_num.to_string()),
+        ("max_grad_norm".into(), a.max_grad_norm.to_string()),
+        ("weight_decay".into(), a.weight_decay.to_string()),
+        ("optimizer_type".into(), format!("{:?}", a.optimizer_type)),
+        ("save_checkpoint_steps".into(), a.save_checkpoint_steps.map(|n| n.to_string()).unwrap_or_default()),
+        ("random_seed".into(), seed.to_string()),
+    ]);
+    for (key, value) in cfg.udp.entries() {
+        if key == "pretrain_model_name_or_path" {
+            continue; // the model is fingerprinted by its weights, however it is named
+        }
+        f.push((format!("user_defined_parameters {key}"), value.to_string()));
+        let path = Path::new(value);
+        if path.is_file() {
+            f.push((format!("user_defined_parameters {key} (SHA-256)"), sha256_file(path)?));
+        } else if path.is_dir() {
+            f.push((format!("user_defined_parameters {key} (SHA-256 of its weights)"), weights_sha256(path)?));
+        }
+    }
+    Ok(f)
+}
+
+/// SHA-256 of a model directory's weights file (`model.safetensors`, else `pytorch_model.bin`;
+/// empty when it has neither).
+fn weights_sha256(dir: &Path) -> Result<String> {
+    let file = weights_file(dir);
+    if file.is_file() {
+        sha256_file(&file)
+    } else {
+        Ok(String::new())
+    }
+}
+
+/// The training-loop settings of a run, from its flags and the seed it uses.
+pub fn train_settings(cfg: &RunConfig, seed: u64) -> TrainSettings {
+    TrainSettings {
+        epochs: cfg.args.epoch_num,
+        batch_size: cfg.args.micro_batch_size,
+        grad_accum: cfg.args.gradient_accumulation_steps,
+        learning_rate: cfg.args.learning_rate,
+        warmup_proportion: cfg.args.warmup_proportion,
+        max_grad_norm: cfg.args.max_grad_norm,
+        weight_decay: cfg.args.weight_decay,
+        optimizer: cfg.args.optimizer_type,
+        logging_steps: cfg.args.logging_steps,
+        save_checkpoint_steps: cfg.args.save_checkpoint_steps,
+        seed,
+    }
+}
+
+/// Loads the starting weights from `source` (the pretrained model, or the latest state of a
+/// resumed run) and creates a missing head.
+pub fn initial_params(
+    cfg: &RunConfig,
+    source: &Path,
+    config: &BertConfig,
+    labels: &LabelSet,
+    device: &Device,
+) -> Result<Params> {
+    let (mut weights, mut unexpected) = read_weights(source, device)?;
+    if cfg.meta_teacher.is_some() || cfg.meta_student.is_some() {
+        // The Meta-KD domain branch (and a student's fit_dense), read by the Meta-KD trainings.
+        unexpected.retain(|n| !n.starts_with("meta."));
+    }
+    if !unexpected.is_empty() {
+        logging::info(format!(
+            "ignoring {} weights that are not part of the classifier: {}",
+            unexpected.len(),
+            unexpected.join(", ")
+        ));
+    }
+    if let Some(w) = weights.get("classifier.weight") {
+        if w.dim(0)? != labels.len() {
+            logging::info(format!(
+                "dropping the pretrained classifier ({} labels, this task has {})",
+                w.dim(0)?,
+                labels.len()
+            ));
+            weights.remove("classifier.weight");
+            weights.remove("classifier.bias");
+        }
+    }
+    let mut params = Params::default();
+    for (name, t) in &weights {
+        if name.starts_with("bert.") || name.starts_with("classifier.") {
+            params.insert(name, t)?;
+        }
+    }
+    let mut rng = Rng::new(cfg.seed);
+    let created = init_head(&mut params, config, labels.len(), &mut rng, device)?;
+    if !created.is_empty() {
+        logging::info(format!("newly initialised: {}", created.join(", ")));
+    }
+    Ok(params)
+}
+
+/// Every flag of the run plus the resolved model, saved as `train_config.json`.
+pub fn train_config_json(cfg: &RunConfig, model_dir: &Path) -> serde_json::Value {
+    let mut v = serde_json::to_value(&cfg.args).unwrap_or_default();
+    v["pretrained_model_dir"] = serde_json::json!(model_dir.display().to_string());
+    v["seed_used"] = serde_json::json!(cfg.seed);
+    v["easynlp_rs_version"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
+    v
+}

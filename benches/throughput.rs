@@ -91,6 +91,7 @@ fn full_batch(seq: usize, vocab: usize) -> Batch {
         attention_mask: Tensor::ones((BATCH, seq), candle_core::DType::F32, &device).unwrap(),
         labels: Some(Tensor::from_vec(labels, BATCH, &device).unwrap()),
         teacher_logits: None,
+        domains: None,
         size: BATCH,
         tokens: BATCH * seq,
     }
@@ -155,7 +156,7 @@ fn table_case(model: &str, table: &Path, text_cols: &[usize]) -> Value {
         .encode_batch(&pairs)
         .unwrap()
         .into_iter()
-        .map(|enc| Example { enc, label: None, teacher_logits: None })
+        .map(|enc| Example { enc, label: None, teacher_logits: None, domain: None })
         .collect();
     let out = model_outputs(&m, &examples, BATCH, &Device::Cpu).unwrap();
     assert_eq!(out.logits.len(), rows.len());

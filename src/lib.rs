@@ -1,5 +1,5 @@
 //! easynlp-rs: Alibaba EasyNLP's text-classification and knowledge-distillation workflow in Rust
-//! (vanilla KD, and the Meta-KD data preparation in [`metakd`]).
+//! (vanilla KD in [`distill`], Meta-KD in [`metakd`]). ARCHITECTURE.md draws the layers.
 //!
 //! The binary `easynlp` is a thin wrapper over [`run`]; every concept lives in its own module.
 

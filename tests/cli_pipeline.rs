@@ -81,7 +81,7 @@ fn checkpoint_reloads_with_same_logits_and_predictions_match_evaluate() {
         .encode_batch(&pairs)
         .unwrap()
         .into_iter()
-        .map(|enc| Example { enc, label: None, teacher_logits: None })
+        .map(|enc| Example { enc, label: None, teacher_logits: None, domain: None })
         .collect();
     let refs: Vec<&Example> = examples.iter().collect();
     let batch = make_batch(&refs, &Device::Cpu).unwrap();

@@ -62,6 +62,7 @@ impl Fixture {
             enc: Encoded { type_ids: (0..ids.len()).map(|i| u32::from(i > sep)).collect(), ids },
             label: Some(0),
             teacher_logits: None,
+            domain: None,
         };
         let rows = [
             ex(vec![2, 20, 21, 22, 3, 30, 31, 3], 4),
@@ -220,6 +221,7 @@ fn head_init_and_dropout() {
         enc: Encoded { type_ids: ids.iter().enumerate().map(|(i, _)| u32::from(i > 2)).collect(), ids },
         label: Some(label),
         teacher_logits: None,
+        domain: None,
     };
     let rows = [ex(vec![2, 20, 21, 22, 3], 0), ex(vec![2, 30, 3, 40, 41, 3], 1), ex(vec![2, 50, 3], 2)];
     let refs: Vec<&Example> = rows.iter().collect();
@@ -256,6 +258,7 @@ fn fused_layer_matches_the_op_by_op_path() {
         enc: Encoded { type_ids: vec![0; ids.len()], ids },
         label: Some(label),
         teacher_logits: None,
+        domain: None,
     };
     let rows = [ex(vec![2, 20, 21, 22, 23, 24, 3], 0), ex(vec![2, 30, 3], 1), ex(vec![2, 50, 51, 3], 1)];
     let refs: Vec<&Example> = rows.iter().collect();

@@ -9,7 +9,7 @@ use candle_core::Device;
 use common::metakd::{self, eval_args, read_json, scalar, train_args, Tables, DOMAINS};
 use common::signals::{run_and_signal, SIGINT};
 use common::{easynlp_owned, stderr, tiny_bert};
-use easynlp::data::batch::{make_batch, Example};
+use easynlp::data::batch::{make_batch, DomainTag, Example};
 use easynlp::data::tokenize::Encoded;
 use easynlp::metakd::student::{add_fit_dense, stage1_loss};
 use easynlp::metakd::student_loss::layer_map;
@@ -49,7 +49,8 @@ fn example(ids: Vec<u32>, label: u32, domain: f32, weight: f32) -> Example {
     Example {
         enc: Encoded { ids, type_ids: vec![0; n] },
         label: Some(label),
-        teacher_logits: Some(vec![domain, weight]),
+        teacher_logits: None,
+        domain: Some(DomainTag { domain: domain as u32, weight }),
     }
 }
 

@@ -101,7 +101,7 @@ fn tiny_meta(dir: &Path) -> (BertConfig, Params) {
 
 fn example(ids: Vec<u32>, label: u32) -> Example {
     let n = ids.len();
-    Example { enc: Encoded { ids, type_ids: vec![0; n] }, label: Some(label), teacher_logits: None }
+    Example { enc: Encoded { ids, type_ids: vec![0; n] }, label: Some(label), teacher_logits: None, domain: None }
 }
 
 #[test]
@@ -241,7 +241,7 @@ fn tutorial_teacher_trains_then_evaluates_per_domain_and_reloads() {
     let first_text =
         std::fs::read_to_string(&t.dev).unwrap().lines().nth(1).unwrap().split('\t').nth(1).unwrap().to_string();
     let enc = tok.encode_batch(&[(first_text.as_str(), None)]).unwrap().remove(0);
-    let ex = Example { enc, label: None, teacher_logits: None };
+    let ex = Example { enc, label: None, teacher_logits: None, domain: None };
     let batch = make_batch(&[&ex], &Device::Cpu).unwrap();
     let get = |n: &str| -> anyhow::Result<Tensor> { Ok(w[n].clone()) };
     let bert = easynlp::model::bert::Bert::load(&cfg, &get, true).unwrap();

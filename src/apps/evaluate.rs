@@ -1,6 +1,6 @@
 //! `--mode=evaluate`, and the evaluation used during training.
 
-use crate::config::run::RunConfig;
+use crate::config::run::{RunConfig, TableKind};
 use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
@@ -42,7 +42,10 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     check_sequence_length(cfg.args.sequence_length, ckpt.config.max_position_embeddings)?;
     let tokenizer = BertTokenizer::load(&ckpt.dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
     let table = cfg.last_table();
-    let domain_column = cfg.schema.columns.iter().position(|c| c.name == "domain");
+    let domain_column = match cfg.table_kind {
+        TableKind::MetaKd { domain_column } => Some(domain_column),
+        TableKind::Plain => None,
+    };
     if let (Some(genre), None) = (cfg.udp.get("genre"), domain_column) {
         bail!("--user_defined_parameters: genre={genre} selects rows by their `domain` column, which --input_schema lacks");
     }

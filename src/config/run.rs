@@ -19,6 +19,20 @@ pub enum App {
     TextMatch,
 }
 
+/// The layout of the tables, decided once from the schema (here, and nowhere else).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    /// Any other schema.
+    Plain,
+    /// The Meta-KD layout: a schema with a `domain` column (the tables EasyNLP's Meta-KD scripts
+    /// write). Its header line is skipped when it spells the schema's column names, and evaluate
+    /// reports every domain and their average (`genre=` picks one).
+    MetaKd {
+        /// Schema index of the `domain` column.
+        domain_column: usize,
+    },
+}
+
 /// Everything a run needs, checked up front.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -30,6 +44,8 @@ pub struct RunConfig {
     pub tables: Vec<PathBuf>,
     /// `--input_schema` of the tables (without a trailing KD logits column).
     pub schema: Schema,
+    /// The layout of the tables.
+    pub table_kind: TableKind,
     /// The KD logits column split off the end of `--input_schema`, if any.
     pub logits_column: Option<Column>,
     /// Vanilla KD settings, when `enable_distillation=True`.
@@ -105,6 +121,10 @@ impl RunConfig {
         let mut schema = Schema::parse(schema_text)?;
         let kd = KdSettings::from_udp(&udp)?;
         let logits_column = split_logits_column(&mut schema, kd.as_ref())?;
+        let table_kind = match schema.columns.iter().position(|c| c.name == "domain") {
+            Some(domain_column) => TableKind::MetaKd { domain_column },
+            None => TableKind::Plain,
+        };
         let Some(first) = args.first_sequence.as_deref() else {
             bail!("--first_sequence is required: the column that holds the text");
         };
@@ -137,6 +157,7 @@ impl RunConfig {
             app,
             tables,
             schema,
+            table_kind,
             logits_column,
             kd,
             meta_teacher,
@@ -158,14 +179,14 @@ impl RunConfig {
         self.tables.last().expect("at least one table")
     }
 
-    /// Whether to skip the first line of `path`: with `--skip_first_line`, or, for the Meta-KD
-    /// layout (a schema with a `domain` column), when that line spells the schema's column names
-    /// (EasyNLP's Meta-KD scripts always skip the header of these tables).
+    /// Whether to skip the first line of `path`: with `--skip_first_line`, or, for
+    /// [`TableKind::MetaKd`] tables, when that line spells the schema's column names (EasyNLP's
+    /// Meta-KD scripts always skip the header of these tables).
     pub fn skip_header(&self, path: &Path) -> Result<bool> {
         if self.args.skip_first_line {
             return Ok(true);
         }
-        if !self.schema.columns.iter().any(|c| c.name == "domain") {
+        if self.table_kind == TableKind::Plain {
             return Ok(false);
         }
         Ok(first_line(path)?.split('\t').eq(self.schema.names()))

@@ -13,6 +13,17 @@ pub struct Example {
     pub label: Option<u32>,
     /// Teacher logits for distillation.
     pub teacher_logits: Option<Vec<f32>>,
+    /// The row's domain and instance weight (Meta-KD tables).
+    pub domain: Option<DomainTag>,
+}
+
+/// A Meta-KD row's domain id (index into the domain list) and instance weight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DomainTag {
+    /// Domain id.
+    pub domain: u32,
+    /// Instance weight (the `weight` column).
+    pub weight: f32,
 }
 
 /// Tensors of one batch, padded to its longest row.
@@ -28,6 +39,8 @@ pub struct Batch {
     pub labels: Option<Tensor>,
     /// `[B, C]` f32 teacher logits, when every row has them.
     pub teacher_logits: Option<Tensor>,
+    /// Each row's domain tag, when every row has one.
+    pub domains: Option<Vec<DomainTag>>,
     /// Number of rows.
     pub size: usize,
     /// Number of real (non-padding) tokens.
@@ -66,6 +79,7 @@ pub fn make_batch(examples: &[&Example], device: &Device) -> Result<Batch> {
         attention_mask: Tensor::from_vec(mask, (b, len), device)?,
         labels,
         teacher_logits,
+        domains: examples.iter().map(|e| e.domain).collect(),
         size: b,
         tokens: examples.iter().map(|e| e.enc.ids.len()).sum(),
     })
@@ -116,6 +130,7 @@ mod tests {
             enc: Encoded { ids: vec![7; n], type_ids: vec![0; n] },
             label: Some(l),
             teacher_logits: None,
+            domain: None,
         };
         let (a, b) = (ex(3, 0), ex(5, 1));
         let batch = make_batch(&[&a, &b], &Device::Cpu).unwrap();

@@ -66,7 +66,7 @@ pub fn encode_rows(
             }
             _ => None,
         };
-        examples.push(Example { enc, label, teacher_logits: None });
+        examples.push(Example { enc, label, teacher_logits: None, domain: None });
     }
     Ok(examples)
 }

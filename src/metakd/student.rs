@@ -16,11 +16,11 @@
 //! token ids (their vocabularies must be identical).
 
 use super::student_loss::{instance_weights, layer_map, per_instance_mse, weighted_mean, LayerMap};
-use super::tables::row_domains;
+use super::tables::{row_domains, row_weight};
 use super::teacher::{add_meta_params, content_mean, meta_config, CORRUPT_DENSE, DOMAIN_EMBEDDING};
 use crate::config::metakd::{MetaStudentSettings, Stage};
 use crate::config::run::RunConfig;
-use crate::data::batch::{Batch, Example};
+use crate::data::batch::{Batch, DomainTag, Example};
 use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
@@ -159,15 +159,15 @@ fn check_same_vocab(teacher: &Path, student: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The rows of `path` whose domain is `genre`, tokenized with labels; each example carries
-/// `[domain id, weight]` in `teacher_logits` (stage first) when `side` is set.
+/// The rows of `path` whose domain is `genre`, tokenized with labels; each example carries its
+/// domain tag (stage first) when `tagged` is set.
 fn load_genre_rows(
     cfg: &RunConfig,
     meta: &MetaStudentSettings,
     path: &Path,
     tokenizer: &BertTokenizer,
     labels: &LabelSet,
-    side: bool,
+    tagged: bool,
 ) -> Result<Vec<Example>> {
     let rows = read_table(path, &cfg.schema, cfg.skip_header(path)?)?;
     let domains = row_domains(&rows, path, meta.domain_column, &meta.domains)?;
@@ -177,14 +177,9 @@ fn load_genre_rows(
         bail!("{}: no rows of domain `{}` (genre)", path.display(), meta.genre);
     }
     let mut examples = encode_rows(&rows, path, &cfg.columns, &cfg.schema.names(), tokenizer, Some(labels))?;
-    if side {
+    if tagged {
         for (ex, row) in examples.iter_mut().zip(&rows) {
-            let raw = row.values[meta.weight_column].to_output();
-            let w: f64 = match raw.trim().parse::<f64>() {
-                Ok(w) if w.is_finite() => w,
-                _ => bail!("{}:{}: column `weight`: `{raw}` is not a finite number", path.display(), row.line),
-            };
-            ex.teacher_logits = Some(vec![g as f32, w as f32]);
+            ex.domain = Some(DomainTag { domain: g as u32, weight: row_weight(row, meta.weight_column, path)? });
         }
     }
     Ok(examples)
@@ -204,8 +199,8 @@ struct StudentTask<'a> {
 
 /// The stage-1 loss of one batch: the teacher (`teacher_cfg`, `teacher`: a meta-teacher's weights)
 /// runs without dropout or gradients, the student (`cfg`, `params`, with `meta.*` and
-/// `meta.fit_dense`) under `ctx`; the batch carries `[domain id, prototype weight]` per row in
-/// `teacher_logits`. Returns `mean_i(f_i * (att_i + rep_i + dlw * dom_i))`.
+/// `meta.fit_dense`) under `ctx`; the batch carries each row's domain and prototype weight in
+/// `domains`. Returns `mean_i(f_i * (att_i + rep_i + dlw * dom_i))`.
 #[allow(clippy::too_many_arguments)]
 pub fn stage1_loss(
     teacher_cfg: &BertConfig,
@@ -219,10 +214,10 @@ pub fn stage1_loss(
 ) -> Result<Tensor> {
     let device = batch.input_ids.device();
     let labels = batch.labels.as_ref().context("training rows need labels")?;
-    let side: Vec<Vec<f32>> = batch.teacher_logits.as_ref().context("student batch without domains")?.to_vec2()?;
-    let ids: Vec<u32> = side.iter().map(|r| r[0] as u32).collect();
+    let tags = batch.domains.as_ref().context("student batch without domains")?;
+    let ids: Vec<u32> = tags.iter().map(|t| t.domain).collect();
     let ids = Tensor::new(ids.as_slice(), device)?;
-    let prototype: Vec<f32> = side.iter().map(|r| r[1]).collect();
+    let prototype: Vec<f32> = tags.iter().map(|t| t.weight).collect();
     let teacher = DomainModel::load(teacher_cfg, &|n| teacher.frozen(n))?;
     let (t_logits, t_out, t_dom) = teacher.forward(batch, &ids, &ForwardCtx::eval())?;
     let p_true: Vec<f32> =

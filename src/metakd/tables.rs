@@ -192,6 +192,15 @@ pub fn row_domains(rows: &[Row], path: &Path, column: usize, domains: &[String])
         .collect()
 }
 
+/// The `weight` column (schema index `column`) of a row of `path`: a finite number.
+pub fn row_weight(row: &Row, column: usize, path: &Path) -> Result<f32> {
+    let raw = row.values[column].to_output();
+    match raw.trim().parse::<f64>() {
+        Ok(w) if w.is_finite() => Ok(w as f32),
+        _ => bail!("{}:{}: column `weight`: `{raw}` is not a finite number", path.display(), row.line),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

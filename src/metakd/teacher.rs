@@ -15,10 +15,10 @@
 //! `num_domains` and `domains`, so plain evaluate/predict give the logits the teacher trained with.
 
 use super::domain_eval::{score_rows, DomainReport};
-use super::tables::row_domains;
+use super::tables::{row_domains, row_weight};
 use crate::config::metakd::MetaTeacherSettings;
 use crate::config::run::RunConfig;
-use crate::data::batch::{Batch, Example};
+use crate::data::batch::{Batch, DomainTag, Example};
 use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
@@ -33,7 +33,7 @@ use crate::model::params::Params;
 use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
 use crate::train::trainer::{train, TrainTask};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
@@ -174,15 +174,9 @@ pub fn add_meta_params(
     Ok(created)
 }
 
-/// The side data the meta-teacher needs per row, `[domain id, weight]`. [`Example`] has no slot for
-/// it, so it travels in `teacher_logits`, which the meta-teacher (no KD) does not otherwise use.
-fn side_data(domain: usize, weight: f32) -> Vec<f32> {
-    vec![domain as f32, weight]
-}
-
 /// Rows of a Meta-KD table tokenized with labels, plus each row's domain id.
 pub struct DomainExamples {
-    /// Model inputs (with `side_data` in `teacher_logits` when weights were read).
+    /// Model inputs (with their domain tags when weights were read).
     pub examples: Vec<Example>,
     /// Domain id of each row (index into the domain list).
     pub domains: Vec<usize>,
@@ -202,12 +196,7 @@ fn load_meta_table(
     let domains = row_domains(&rows, path, meta.domain_column, &meta.domains)?;
     if weights {
         for ((ex, row), &d) in examples.iter_mut().zip(&rows).zip(&domains) {
-            let raw = row.values[meta.weight_column].to_output();
-            let w: f64 = match raw.trim().parse::<f64>() {
-                Ok(w) if w.is_finite() => w,
-                _ => bail!("{}:{}: column `weight`: `{raw}` is not a finite number", path.display(), row.line),
-            };
-            ex.teacher_logits = Some(side_data(d, w as f32));
+            ex.domain = Some(DomainTag { domain: d as u32, weight: row_weight(row, meta.weight_column, path)? });
         }
     }
     Ok(DomainExamples { examples, domains })
@@ -227,11 +216,10 @@ struct MetaTeacherTask<'a> {
 impl TrainTask for MetaTeacherTask<'_> {
     fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
         let labels = batch.labels.as_ref().context("training rows need labels")?;
-        let side: Vec<Vec<f32>> =
-            batch.teacher_logits.as_ref().context("meta-teacher batch without domains")?.to_vec2()?;
-        let domain_ids: Vec<u32> = side.iter().map(|r| r[0] as u32).collect();
+        let tags = batch.domains.as_ref().context("meta-teacher batch without domains")?;
+        let domain_ids: Vec<u32> = tags.iter().map(|t| t.domain).collect();
         let weights = if self.meta.use_sample_weights {
-            let w: Vec<f32> = side.iter().map(|r| r[1]).collect();
+            let w: Vec<f32> = tags.iter().map(|t| t.weight).collect();
             Some(Tensor::from_vec(w, batch.size, &self.device)?)
         } else {
             None

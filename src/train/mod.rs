@@ -1,4 +1,5 @@
-//! Training: optimizer, learning-rate schedule, metrics and the training loop.
+//! Training: optimizer, learning-rate schedule, the training loop, and the checkpoint directory
+//! it saves to and resumes from.
 
 pub mod checkpoints;
 pub mod optimizer;

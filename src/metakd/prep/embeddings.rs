@@ -64,7 +64,7 @@ impl Encoder {
             .tokenizer
             .encode_batch(&pairs)?
             .into_iter()
-            .map(|enc| Example { enc, label: None, teacher_logits: None })
+            .map(|enc| Example { enc, label: None, teacher_logits: None, domain: None })
             .collect();
         let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
         let ctx = ForwardCtx::eval();

@@ -271,28 +271,11 @@ pub fn add_fit_dense(
     rng: &mut Rng,
     device: &Device,
 ) -> Result<Vec<String>> {
-    let file = source.join("model.safetensors");
-    let saved = if file.is_file() {
-        candle_core::safetensors::load(&file, device).with_context(|| format!("cannot read {}", file.display()))?
-    } else {
-        Default::default()
-    };
     let wanted = [
         (format!("{FIT_DENSE}.weight"), vec![teacher_hidden, student.hidden_size], student.initializer_range),
         (format!("{FIT_DENSE}.bias"), vec![teacher_hidden], 0.0),
     ];
-    let mut created = Vec::new();
-    for (name, shape, std) in wanted {
-        match saved.get(&name) {
-            Some(t) if t.dims() == shape.as_slice() => params.insert(&name, t)?,
-            _ => {
-                if params.init_missing(&name, &shape, std, rng, device)? {
-                    created.push(name);
-                }
-            }
-        }
-    }
-    Ok(created)
+    params.adopt_or_init(source, &wanted, rng, device)
 }
 
 /// `--mode=train` of a Meta-KD student (`distill_stage=first|second`).

@@ -154,24 +154,7 @@ pub fn add_meta_params(
         (format!("{DOMAIN_CLASSIFIER}.weight"), vec![num_domains, h], std),
         (format!("{DOMAIN_CLASSIFIER}.bias"), vec![num_domains], 0.0),
     ];
-    let file = source.join("model.safetensors");
-    let saved = if file.is_file() {
-        candle_core::safetensors::load(&file, device).with_context(|| format!("cannot read {}", file.display()))?
-    } else {
-        Default::default()
-    };
-    let mut created = Vec::new();
-    for (name, shape, s) in wanted {
-        match saved.get(&name) {
-            Some(t) if t.dims() == shape.as_slice() => params.insert(&name, t)?,
-            _ => {
-                if params.init_missing(&name, &shape, s, rng, device)? {
-                    created.push(name);
-                }
-            }
-        }
-    }
-    Ok(created)
+    params.adopt_or_init(source, &wanted, rng, device)
 }
 
 /// Rows of a Meta-KD table tokenized with labels, plus each row's domain id.

@@ -72,6 +72,36 @@ impl Params {
         self.insert(name, &Tensor::from_vec(data, shape, device)?)?;
         Ok(true)
     }
+
+    /// Adds each `(name, shape, std)` of `wanted`: from `source/model.safetensors` when it holds
+    /// that name with that shape (a resumed run), else as [`Params::init_missing`] draws it.
+    /// Returns the names it initialised.
+    pub fn adopt_or_init(
+        &mut self,
+        source: &Path,
+        wanted: &[(String, Vec<usize>, f64)],
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Vec<String>> {
+        let file = source.join("model.safetensors");
+        let saved = if file.is_file() {
+            candle_core::safetensors::load(&file, device).with_context(|| format!("cannot read {}", file.display()))?
+        } else {
+            Default::default()
+        };
+        let mut created = Vec::new();
+        for (name, shape, std) in wanted {
+            match saved.get(name) {
+                Some(t) if t.dims() == shape.as_slice() => self.insert(name, t)?,
+                _ => {
+                    if self.init_missing(name, shape, *std, rng, device)? {
+                        created.push(name.clone());
+                    }
+                }
+            }
+        }
+        Ok(created)
+    }
 }
 
 /// Reads the weights of a model directory (`model.safetensors` or `pytorch_model.bin`) and

@@ -3,6 +3,7 @@
 //! weights and the loop's settings. Shared by the text apps and the Meta-KD trainings.
 
 use crate::config::run::RunConfig;
+use crate::data::batch::Example;
 use crate::data::labels::LabelSet;
 use crate::data::table::TableFingerprint;
 use crate::digest::sha256_file;
@@ -10,11 +11,13 @@ use crate::logging;
 use crate::model::checkpoint::weights_file;
 use crate::model::classifier::init_head;
 use crate::model::config::BertConfig;
+use crate::model::infer::check_sequence_length;
 use crate::model::params::{read_weights, Params};
+use crate::model::zoo::resolve_model;
 use crate::persist::DirLock;
 use crate::rng::Rng;
 use crate::train::checkpoints::{check_same_run, read_saved_state, CheckpointWriter};
-use crate::train::trainer::{Resume, TrainSettings};
+use crate::train::trainer::{train, Resume, TrainSettings, TrainTask};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -216,4 +219,34 @@ pub fn train_config_json(cfg: &RunConfig, model_dir: &Path) -> serde_json::Value
     v["seed_used"] = serde_json::json!(cfg.seed);
     v["easynlp_rs_version"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
     v
+}
+
+/// The pretrained model of a run (`pretrain_model_name_or_path`): its directory and config,
+/// checked against `--sequence_length`.
+pub fn pretrained_model(cfg: &RunConfig) -> Result<(PathBuf, BertConfig)> {
+    let name = cfg.udp.require("pretrain_model_name_or_path")?;
+    let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
+    let config = BertConfig::load(&model_dir)?;
+    check_sequence_length(cfg.args.sequence_length, config.max_position_embeddings)?;
+    Ok((model_dir, config))
+}
+
+impl RunStart<'_> {
+    /// Runs the training loop on `rows` with `task` (the loop settings from the flags, adjusted by
+    /// `adjust`), saving into the checkpoint directory, and logs where `what` went (`scope`: the
+    /// rows the validation accuracy is over, where that is not plain).
+    pub fn train(
+        self,
+        cfg: &RunConfig,
+        (params, rows, task): (&Params, &[Example], &dyn TrainTask),
+        adjust: impl FnOnce(&mut TrainSettings),
+        (what, scope): (&str, Option<&str>),
+        device: &Device,
+    ) -> Result<()> {
+        let mut settings = train_settings(cfg, self.seed);
+        adjust(&mut settings);
+        let state = train(&settings, params, rows, task, &self.writer, self.resume, device)?;
+        self.writer.log_done(&state, what, scope);
+        Ok(())
+    }
 }

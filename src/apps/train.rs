@@ -9,17 +9,16 @@ use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
 use crate::distill::kd::vanilla_kd_loss;
 use crate::distill::logits::read_teacher_logits;
-use crate::job::{initial_params, train_settings, RunStart};
+use crate::job::{initial_params, pretrained_model, RunStart};
 use crate::logging;
 use crate::metrics::EvalReport;
 use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::load_checkpoint;
 use crate::model::classifier::Classifier;
 use crate::model::config::BertConfig;
-use crate::model::infer::{check_sequence_length, evaluate_examples, model_outputs};
+use crate::model::infer::{evaluate_examples, model_outputs};
 use crate::model::params::Params;
-use crate::model::zoo::resolve_model;
-use crate::train::trainer::{train, TrainTask};
+use crate::train::trainer::TrainTask;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -70,10 +69,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     if let Some(meta) = &cfg.meta_student {
         return crate::metakd::student::run_train(cfg, meta, device);
     }
-    let name = cfg.udp.require("pretrain_model_name_or_path")?;
-    let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
-    let config = BertConfig::load(&model_dir)?;
-    check_sequence_length(cfg.args.sequence_length, config.max_position_embeddings)?;
+    let (model_dir, config) = pretrained_model(cfg)?;
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
     let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;
     let tokenizer = BertTokenizer::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case)?;
@@ -94,10 +90,7 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         device: device.clone(),
         kd: cfg.kd.as_ref().map(|k| (k.temperature, k.alpha)),
     };
-    let settings = train_settings(cfg, start.seed);
-    let state = train(&settings, &params, &train_rows, &task, &start.writer, start.resume, device)?;
-    start.writer.log_done(&state, "model", None);
-    Ok(())
+    start.train(cfg, (&params, &train_rows, &task), |_| {}, ("model", None), device)
 }
 
 /// Joins teacher logits to the training rows: from the logits file (checked line by line) or by

@@ -25,7 +25,7 @@ use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
-use crate::job::{initial_params, train_settings, RunStart};
+use crate::job::{initial_params, pretrained_model, RunStart};
 use crate::logging;
 use crate::metrics::EvalReport;
 use crate::model::bert::{EncoderOutput, ForwardCtx, Linear, Taps, WeightFn};
@@ -35,9 +35,8 @@ use crate::model::config::BertConfig;
 use crate::model::infer::model_outputs;
 use crate::model::infer::{check_sequence_length, evaluate_examples};
 use crate::model::params::Params;
-use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
-use crate::train::trainer::{train, TrainTask};
+use crate::train::trainer::TrainTask;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use std::path::Path;
@@ -280,10 +279,7 @@ pub fn add_fit_dense(
 
 /// `--mode=train` of a Meta-KD student (`distill_stage=first|second`).
 pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -> Result<()> {
-    let name = cfg.udp.require("pretrain_model_name_or_path")?;
-    let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
-    let base = BertConfig::load(&model_dir)?;
-    check_sequence_length(cfg.args.sequence_length, base.max_position_embeddings)?;
+    let (model_dir, base) = pretrained_model(cfg)?;
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
     let teacher = load_teacher(meta, &labels, device)?;
     check_sequence_length(cfg.args.sequence_length, teacher.config.max_position_embeddings)?;
@@ -355,18 +351,16 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaStudentSettings, device: &Device) -
         batch_size: cfg.args.micro_batch_size,
         device: device.clone(),
     };
-    let mut settings = train_settings(cfg, start.seed);
-    if stage1 {
-        // No evaluator: one save at the end (EasyNLP saves nothing when save_checkpoint_steps is given).
-        if settings.save_checkpoint_steps.take().is_some() {
+    // Stage first has no evaluator: one save at the end (EasyNLP saves nothing when
+    // save_checkpoint_steps is given).
+    let no_periodic_saves = |settings: &mut crate::train::trainer::TrainSettings| {
+        if stage1 && settings.save_checkpoint_steps.take().is_some() {
             logging::info(
                 "stage first has no evaluation: --save_checkpoint_steps is ignored, the student is saved at the end",
             );
         }
-    }
-    let state = train(&settings, &params, &train_rows, &task, &start.writer, start.resume, device)?;
-    start.writer.log_done(&state, "student", Some(&meta.genre));
-    Ok(())
+    };
+    start.train(cfg, (&params, &train_rows, &task), no_periodic_saves, ("student", Some(&meta.genre)), device)
 }
 
 #[cfg(test)]

@@ -23,16 +23,15 @@ use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
-use crate::job::{initial_params, train_settings, RunStart};
+use crate::job::{initial_params, pretrained_model, RunStart};
 use crate::logging;
 use crate::metrics::EvalReport;
 use crate::model::bert::{masked_mean, ForwardCtx, Linear, Taps, WeightFn};
 use crate::model::classifier::{Classifier, ACTIVATION_KEY};
 use crate::model::config::BertConfig;
 use crate::model::params::Params;
-use crate::model::zoo::resolve_model;
 use crate::rng::Rng;
-use crate::train::trainer::{train, TrainTask};
+use crate::train::trainer::TrainTask;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -237,10 +236,7 @@ impl TrainTask for MetaTeacherTask<'_> {
 
 /// `--mode=train` of the meta-teacher.
 pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -> Result<()> {
-    let name = cfg.udp.require("pretrain_model_name_or_path")?;
-    let model_dir = resolve_model(name, &cfg.args.modelzoo_base_dir)?;
-    let base = BertConfig::load(&model_dir)?;
-    crate::model::infer::check_sequence_length(cfg.args.sequence_length, base.max_position_embeddings)?;
+    let (model_dir, base) = pretrained_model(cfg)?;
     let config = meta_config(&base, &meta.domains);
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
     let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;
@@ -275,10 +271,7 @@ pub fn run_train(cfg: &RunConfig, meta: &MetaTeacherSettings, device: &Device) -
         device: device.clone(),
         seed: start.seed,
     };
-    let settings = train_settings(cfg, start.seed);
-    let state = train(&settings, &params, &train_rows.examples, &task, &start.writer, start.resume, device)?;
-    start.writer.log_done(&state, "meta-teacher", Some("all domains"));
-    Ok(())
+    start.train(cfg, (&params, &train_rows.examples, &task), |_| {}, ("meta-teacher", Some("all domains")), device)
 }
 
 #[cfg(test)]

@@ -5,9 +5,8 @@ use crate::data::labels::LabelSet;
 use crate::data::schema::visible;
 use crate::data::table::TableFingerprint;
 use crate::data::table::{lines_of, table_bytes};
-use crate::digest::{sha256_file, sha256_hex};
+use crate::digest::sha256_hex;
 use crate::logging;
-use crate::model::checkpoint::write_atomic;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -40,12 +39,6 @@ pub fn sidecar_path(logits: &Path) -> PathBuf {
     let mut name = logits.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".meta.json");
     logits.with_file_name(name)
-}
-
-/// Writes the sidecar of `logits` atomically, with the SHA-256 of the logits file (which must
-/// already be in place).
-pub fn write_sidecar(logits: &Path, sidecar: &LogitsSidecar) -> Result<()> {
-    write_atomic(&sidecar_path(logits), sidecar_json(sidecar, &sha256_file(logits)?)?.as_bytes())
 }
 
 /// The sidecar's text for a logits file whose bytes hash to `logits_sha256`.

@@ -22,28 +22,6 @@ pub struct Checkpoint {
     pub dir: PathBuf,
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsynced, and a rename, so readers never
-/// see half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let written = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, bytes)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
-}
-
-/// A sibling temporary path for atomic writes.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
-}
-
 /// The `config.json` of a fine-tuned classifier: the backbone config plus labels and architecture.
 pub fn classifier_config_json(cfg: &BertConfig, labels: &LabelSet) -> Value {
     let mut raw = cfg.raw.clone();

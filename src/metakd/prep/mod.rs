@@ -18,8 +18,9 @@ pub mod weights;
 
 use crate::config::args::Mode;
 use crate::config::run::PrepConfig;
-use crate::model::checkpoint::temp_path;
+use crate::output::{Destination, OutputFile};
 use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Runs one Meta-KD preparation step.
@@ -56,25 +57,18 @@ pub fn one_line(text: &str) -> String {
     out
 }
 
-/// Writes every `(path, contents)` to a temporary sibling first and renames them into place only
-/// when all were written, so a failure leaves none of them behind.
+/// Writes every `(path, contents)` by [`crate::output`]'s rules (regular files through a synced
+/// temporary sibling), moving them into place only when all were written, so a failure leaves
+/// none of them behind.
 pub fn write_files_atomic(files: &[(PathBuf, String)]) -> Result<()> {
-    let mut written: Vec<PathBuf> = Vec::new();
+    let mut pending = Vec::with_capacity(files.len());
     for (path, contents) in files {
-        let tmp = temp_path(path);
-        if let Err(e) = std::fs::write(&tmp, contents) {
-            let _ = std::fs::remove_file(&tmp);
-            for t in &written {
-                let _ = std::fs::remove_file(t);
-            }
-            return Err(e).with_context(|| format!("cannot write {}", path.display()));
-        }
-        written.push(tmp);
+        let dest = Destination::resolve(path, "--outputs")?;
+        let mut out = OutputFile::create(path, &dest)?;
+        out.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+        pending.push(out);
     }
-    for ((path, _), tmp) in files.iter().zip(&written) {
-        std::fs::rename(tmp, path).with_context(|| format!("cannot move {} into place", path.display()))?;
-    }
-    Ok(())
+    pending.into_iter().try_for_each(OutputFile::commit)
 }
 
 #[cfg(test)]

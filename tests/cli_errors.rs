@@ -107,6 +107,17 @@ fn sequence_length_above_model_limit() {
 }
 
 #[test]
+fn sequence_length_too_short_for_pairs() {
+    expect_train_error(
+        |a, _| {
+            set(a, "sequence_length", "2".into());
+            a.push("--second_sequence=sent".into());
+        },
+        &["--sequence_length=2 is too short for sentence pairs"],
+    );
+}
+
+#[test]
 fn zero_batch_size() {
     expect_train_error(|a, _| set(a, "micro_batch_size", "0".into()), &["--micro_batch_size"]);
 }

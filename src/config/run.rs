@@ -130,6 +130,12 @@ impl RunConfig {
         };
         let first = schema.index_of(first, "--first_sequence")?;
         let second = args.second_sequence.as_deref().map(|s| schema.index_of(s, "--second_sequence")).transpose()?;
+        if second.is_some() && args.sequence_length < 3 {
+            bail!(
+                "--sequence_length={} is too short for sentence pairs: [CLS] and two [SEP] alone take 3 tokens",
+                args.sequence_length
+            );
+        }
         let label = match (args.mode, args.label_name.as_deref()) {
             (Mode::Predict, _) => None,
             (_, Some(l)) => Some(schema.index_of(l, "--label_name")?),

@@ -5,23 +5,11 @@ pub mod evaluate;
 pub mod predict;
 pub mod train;
 
-use crate::config::args::Mode;
 use crate::config::run::RunConfig;
 use crate::model::checkpoint::CHECKPOINT_FILES;
 use crate::output::{check_not_input, Destination, Input};
 use anyhow::Result;
 use std::path::Path;
-
-/// Dispatches the text-app modes on `--mode`.
-pub fn run(cfg: &RunConfig) -> Result<()> {
-    let device = crate::device::select(cfg.args.worker_gpu, cfg.args.worker_count)?;
-    match cfg.args.mode {
-        Mode::Train => train::run(cfg, &device),
-        Mode::Evaluate => evaluate::run(cfg, &device),
-        Mode::Predict => predict::run(cfg, &device),
-        other => anyhow::bail!("--mode={} is not a text-app mode", other.name()),
-    }
-}
 
 /// The files an evaluate or predict run reads: every table of `--tables`, the checkpoint's files
 /// and a `--label_enumerate_values` file.

@@ -63,12 +63,6 @@ fn load_examples(cfg: &RunConfig, path: &Path, tokenizer: &BertTokenizer, labels
 
 /// `--mode=train`.
 pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
-    if let Some(meta) = &cfg.meta_teacher {
-        return crate::metakd::teacher::run_train(cfg, meta, device);
-    }
-    if let Some(meta) = &cfg.meta_student {
-        return crate::metakd::student::run_train(cfg, meta, device);
-    }
     let (model_dir, config) = pretrained_model(cfg)?;
     let labels = LabelSet::parse(cfg.args.label_enumerate_values.as_deref())?;
     let start = RunStart::begin(cfg, &config, &labels, &model_dir, device)?;

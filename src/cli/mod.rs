@@ -1,9 +1,10 @@
 //! The command line: turns the parsed flags into a validated invocation and dispatches it. The
 //! only place that starts work from flags.
 
-use crate::config::args::Args;
+use crate::config::args::{Args, Mode};
 use crate::config::run::{PrepConfig, RunConfig};
-use anyhow::Result;
+use crate::{apps, metakd};
+use anyhow::{bail, Result};
 
 /// A validated invocation: a text-app run, or a Meta-KD data-preparation step.
 #[derive(Clone, Debug)]
@@ -34,7 +35,31 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     match Invocation::from_args(args)? {
-        Invocation::Text(cfg) => crate::apps::run(&cfg),
-        Invocation::MetakdPrep(prep) => crate::metakd::run(&prep),
+        Invocation::Text(cfg) => run_text(&cfg),
+        Invocation::MetakdPrep(prep) => run_prep(&prep),
+    }
+}
+
+/// A text-app run, by `--mode` and, in train, by the kind of training the settings select.
+fn run_text(cfg: &RunConfig) -> Result<()> {
+    let device = crate::device::select(cfg.args.worker_gpu, cfg.args.worker_count)?;
+    match (cfg.args.mode, &cfg.meta_teacher, &cfg.meta_student) {
+        (Mode::Train, Some(meta), _) => metakd::teacher::run_train(cfg, meta, &device),
+        (Mode::Train, None, Some(meta)) => metakd::student::run_train(cfg, meta, &device),
+        (Mode::Train, None, None) => apps::train::run(cfg, &device),
+        (Mode::Evaluate, ..) => apps::evaluate::run(cfg, &device),
+        (Mode::Predict, ..) => apps::predict::run(cfg, &device),
+        (other, ..) => bail!("--mode={} is not a text-app mode", other.name()),
+    }
+}
+
+/// A Meta-KD data-preparation step.
+fn run_prep(prep: &PrepConfig) -> Result<()> {
+    match prep.args.mode {
+        Mode::MetakdSplit => metakd::prep::split::run(prep),
+        Mode::MetakdEmbeddings => metakd::prep::embeddings::run(prep),
+        Mode::MetakdWeights => metakd::prep::weights::run(prep),
+        Mode::MetakdDev => metakd::prep::dev::run(prep),
+        other => bail!("--mode={} is not a Meta-KD preparation step", other.name()),
     }
 }

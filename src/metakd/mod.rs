@@ -10,5 +10,3 @@ pub mod student;
 pub mod student_loss;
 pub mod tables;
 pub mod teacher;
-
-pub use prep::run;

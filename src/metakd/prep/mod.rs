@@ -16,23 +16,10 @@ pub mod source;
 pub mod split;
 pub mod weights;
 
-use crate::config::args::Mode;
-use crate::config::run::PrepConfig;
 use crate::output::{Destination, OutputFile};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::PathBuf;
-
-/// Runs one Meta-KD preparation step.
-pub fn run(cfg: &PrepConfig) -> Result<()> {
-    match cfg.args.mode {
-        Mode::MetakdSplit => split::run(cfg),
-        Mode::MetakdEmbeddings => embeddings::run(cfg),
-        Mode::MetakdWeights => weights::run(cfg),
-        Mode::MetakdDev => dev::run(cfg),
-        other => bail!("--mode={} is not a Meta-KD preparation step", other.name()),
-    }
-}
 
 /// Puts `text` on one line: every whitespace run that holds a tab or a line break (`\n`, `\r`,
 /// vertical tab, form feed, U+0085, U+2028, U+2029) becomes a single space, other runs are kept

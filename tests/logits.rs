@@ -3,42 +3,12 @@
 
 mod common;
 
-use common::{easynlp_owned, sample, sentiment_train_args, stderr, tiny_bert};
-use std::path::{Path, PathBuf};
+use common::kd::{export, Setup};
+use common::{easynlp_owned, sample, sentiment_train_args, stderr};
+use std::path::Path;
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    model: PathBuf,
-    teacher: PathBuf,
-    logits: PathBuf,
-}
-
-/// Trains a tiny teacher and exports its logits on the sample training table.
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let model = tiny_bert(&root.join("model"), 1, true);
-    let teacher = root.join("teacher");
-    let out = easynlp_owned(&sentiment_train_args(&model, &teacher));
-    assert!(out.status.success(), "teacher: {}", stderr(&out));
-    let logits = root.join("train.logits.tsv");
-    assert!(export(&teacher, &logits).status.success());
-    Setup { _tmp: tmp, root, model, teacher, logits }
-}
-
-fn export(teacher: &Path, logits: &Path) -> std::process::Output {
-    easynlp_owned(&[
-        "--mode=predict".into(),
-        format!("--tables={}", sample("sentiment-train.tsv")),
-        "--input_schema=sent:str:1,label:str:1".into(),
-        "--first_sequence=sent".into(),
-        "--output_schema=logits".into(),
-        format!("--outputs={}", logits.display()),
-        format!("--checkpoint_dir={}", teacher.display()),
-        "--micro_batch_size=16".into(),
-        "--sequence_length=32".into(),
-    ])
+    common::kd::setup(1)
 }
 
 /// Student KD train args reading the teacher logits from `logits`.

@@ -317,3 +317,25 @@ fn killed_at_random_instants_and_resumed_is_bit_identical() {
         runs += 1;
     }
 }
+
+#[test]
+fn save_all_checkpoints_keeps_a_copy_per_evaluation_and_the_best_is_one_of_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), 0.1);
+    let ck = tmp.path().join("ck");
+    let flags = ["--micro_batch_size=8", "--epoch_num=2", "--save_checkpoint_steps=2", "--save_all_checkpoints"];
+    run_ok(&train_args(&model, &ck, &rows(tmp.path(), 40), Some(&sample("sentiment-dev.tsv")), &flags));
+    // 5 steps per epoch, 10 in all: evaluations after steps 2, 4, 6, 8 and 10.
+    for step in [2, 4, 6, 8, 10] {
+        assert!(ck.join(format!("model_step_{step}.safetensors")).is_file(), "no copy of step {step}");
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("latest/trainer_state.json")).unwrap()).unwrap();
+    let best = state["best_step"].as_u64().unwrap();
+    let copy = std::fs::read(ck.join(format!("model_step_{best}.safetensors"))).unwrap();
+    assert!(copy == std::fs::read(ck.join("model.safetensors")).unwrap(), "the best model is step {best}'s copy");
+    assert!(
+        std::fs::read(ck.join("model_step_10.safetensors")).unwrap()
+            == std::fs::read(ck.join("latest/model.safetensors")).unwrap()
+    );
+}

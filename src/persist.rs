@@ -25,6 +25,8 @@ const SIBLING_TAG: &str = ".easynlp-";
 /// removed again.
 pub struct DirLock {
     dir: PathBuf,
+    /// `dir` with every symlink resolved: the directory that is swapped (a link stays a link).
+    real: PathBuf,
     file: Option<File>,
     created: bool,
 }
@@ -65,13 +67,20 @@ impl DirLock {
         file.set_len(0)?;
         writeln!(file, "pid {} on host {}", std::process::id(), hostname())?;
         file.sync_all()?;
-        remove_stale_siblings(dir)?;
-        Ok(DirLock { dir: dir.to_path_buf(), file: Some(file), created })
+        let real = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+        remove_stale_siblings(&real)?;
+        Ok(DirLock { dir: dir.to_path_buf(), real, file: Some(file), created })
     }
 
-    /// The locked directory.
+    /// The locked directory, as given.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The locked directory with every symlink resolved: where new versions are swapped in, so
+    /// that a checkpoint directory given as a symlink stays one.
+    pub fn real_dir(&self) -> &Path {
+        &self.real
     }
 }
 
@@ -342,6 +351,18 @@ mod tests {
         assert!(err.contains("in use by another training run") && err.contains("pid"), "{err}");
         drop(lock);
         DirLock::acquire(&dir).unwrap();
+        // A checkpoint directory given as a symlink stays a symlink; its target gets the versions.
+        let target = tmp.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let linked = DirLock::acquire(&link).unwrap();
+        let txn = DirTxn::begin(linked.real_dir()).unwrap();
+        txn.write("m", b"2").unwrap();
+        txn.commit().unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(target.join("m")).unwrap(), b"2");
+        drop(linked);
         // A directory the lock created and nothing else filled goes away with it.
         let fresh = tmp.path().join("fresh");
         drop(DirLock::acquire(&fresh).unwrap());

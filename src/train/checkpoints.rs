@@ -97,7 +97,7 @@ impl CheckpointWriter<'_> {
 
     /// Starts a new version of the directory, with the metadata files on the first one.
     fn begin(&self) -> Result<DirTxn> {
-        let txn = DirTxn::begin(self.dir())?;
+        let txn = DirTxn::begin(self.lock.real_dir())?;
         if !self.metadata_saved.get() {
             save_metadata(&txn, self.config, self.labels, &self.train_config, &self.model_dir)?;
         }

@@ -52,14 +52,15 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     let rows = read_table(table, &cfg.schema, cfg.skip_header(table)?)?;
     let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, Some(&ckpt.labels))?;
     let model = Classifier::load(&ckpt.config, &|n| ckpt.params.frozen(n))?;
-    if let Some(col) = domain_column {
-        crate::metakd::domain_eval::run_evaluate(cfg, &ckpt, &model, &rows, examples, col, device)?;
-        logging::info(format!("Duration time: {:.1} s", start.elapsed().as_secs_f64()));
-        return Ok(());
-    }
-    let report = evaluate_examples(&model, &examples, cfg.args.micro_batch_size, ckpt.labels.len(), device)?;
-    logging::info(format!("Evaluation of {} on {}: {}", ckpt.dir.display(), table.display(), report.summary()));
-    let json = serde_json::to_string_pretty(&report.to_json())?;
+    let metrics = match domain_column {
+        Some(col) => crate::metakd::domain_eval::run_evaluate(cfg, &ckpt, &model, &rows, examples, col, device)?,
+        None => {
+            let report = evaluate_examples(&model, &examples, cfg.args.micro_batch_size, ckpt.labels.len(), device)?;
+            logging::info(format!("Evaluation of {} on {}: {}", ckpt.dir.display(), table.display(), report.summary()));
+            report.to_json()
+        }
+    };
+    let json = serde_json::to_string_pretty(&metrics)?;
     // Printed once when --outputs is stdout itself.
     if dest != Some(Destination::Stdout) {
         println!("{json}");

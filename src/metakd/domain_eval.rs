@@ -15,7 +15,6 @@ use crate::model::infer::{argmax, evaluate_examples};
 use anyhow::{bail, Result};
 use candle_core::{Device, D};
 use serde_json::{json, Value};
-use std::path::Path;
 
 /// The outcome of one evaluated row.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -151,7 +150,7 @@ pub fn eval_domains(cfg: &RunConfig, ckpt: &Checkpoint) -> Result<Vec<String>> {
 }
 
 /// `--mode=evaluate` on a table with a `domain` column: every domain and their average, or the
-/// domain named by `genre`. Prints the metrics and writes them to `--outputs` as JSON.
+/// domain named by `genre`. Returns the metrics as JSON (evaluate prints and writes them).
 pub fn run_evaluate(
     cfg: &RunConfig,
     ckpt: &Checkpoint,
@@ -160,7 +159,7 @@ pub fn run_evaluate(
     examples: Vec<Example>,
     domain_column: usize,
     device: &Device,
-) -> Result<()> {
+) -> Result<serde_json::Value> {
     let table = cfg.last_table();
     let domains = eval_domains(cfg, ckpt)?;
     let domain_of = row_domains(rows, table, domain_column, &domains)?;
@@ -198,12 +197,7 @@ pub fn run_evaluate(
             report.to_json()
         }
     };
-    let text = serde_json::to_string_pretty(&json)?;
-    println!("{text}");
-    if let Some(out) = cfg.args.outputs.as_deref() {
-        crate::output::write_output(Path::new(out), "--outputs", text.as_bytes())?;
-    }
-    Ok(())
+    Ok(json)
 }
 
 #[cfg(test)]

@@ -41,22 +41,22 @@ pub fn run_and_signal(args: &[String], needle: &str, signal: i32) -> (ExitStatus
 }
 
 /// Runs `easynlp args` and SIGKILLs it after `after` unless it ends first; returns whether it
-/// was killed.
-pub fn run_and_kill(args: &[String], after: Duration) -> bool {
+/// was killed, or else how long it ran.
+pub fn run_and_kill(args: &[String], after: Duration) -> Result<(), Duration> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_easynlp"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("run easynlp");
-    let deadline = std::time::Instant::now() + after;
-    while std::time::Instant::now() < deadline {
+    let start = std::time::Instant::now();
+    while start.elapsed() < after {
         if child.try_wait().unwrap().is_some() {
-            return false;
+            return Err(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     kill(child.id(), SIGKILL);
     child.wait().unwrap();
-    true
+    Ok(())
 }

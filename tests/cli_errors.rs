@@ -13,13 +13,7 @@ fn expect_train_error(edit: impl Fn(&mut Vec<String>, &Path), needles: &[&str]) 
     let ckpt = tmp.path().join("ckpt");
     let mut args = sentiment_train_args(&model, &ckpt);
     edit(&mut args, tmp.path());
-    let out = easynlp_owned(&args);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "expected failure for {args:?}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks `{n}`:\n{err}");
-    }
+    common::assert_failed_with(&easynlp_owned(&args), needles);
     assert!(!ckpt.join("model.safetensors").exists(), "no model is written on bad input");
 }
 

@@ -100,12 +100,7 @@ fn json(path: &Path) -> serde_json::Value {
 }
 
 fn assert_failed_with(out: &Output, needles: &[&str], absent: &[&str]) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "expected failure:\n{err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks `{n}`:\n{err}");
-    }
+    let err = common::assert_failed_with(out, needles);
     for n in absent {
         assert!(!err.contains(n), "stderr has `{n}`:\n{err}");
     }

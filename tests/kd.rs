@@ -32,13 +32,7 @@ fn file_route(s: &Setup, ckpt: &Path, logits: &Path) -> Vec<String> {
 }
 
 fn expect_kd_error(args: &[String], needles: &[&str]) {
-    let out = easynlp_owned(args);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "expected failure");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks `{n}`:\n{err}");
-    }
+    common::assert_failed_with(&easynlp_owned(args), needles);
 }
 
 #[test]

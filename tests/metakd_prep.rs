@@ -24,12 +24,7 @@ fn ok(out: &std::process::Output) {
 }
 
 fn fails_with(out: &std::process::Output, needles: &[&str]) {
-    assert!(!out.status.success(), "expected a failure");
-    let err = stderr(out);
-    for n in needles {
-        assert!(err.contains(n), "`{n}` not in: {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
+    common::assert_failed_with(out, needles);
 }
 
 fn read(path: &Path) -> String {

@@ -201,6 +201,18 @@ pub fn sentiment_train_args(model: &Path, ckpt: &Path) -> Vec<String> {
     ]
 }
 
+/// Asserts that a run failed with a clear error: a non-zero exit, no panic, and every one of
+/// `needles` in its stderr, which it returns.
+pub fn assert_failed_with(out: &Output, needles: &[&str]) -> String {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure:\n{err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks `{n}`:\n{err}");
+    }
+    err
+}
+
 /// Runs `easynlp` with owned args.
 pub fn easynlp_owned(args: &[String]) -> Output {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -18,7 +18,7 @@ use crate::persist::DirLock;
 use crate::rng::Rng;
 use crate::train::checkpoints::{check_same_run, read_saved_state, CheckpointWriter};
 use crate::train::trainer::{train, Resume, TrainSettings, TrainTask};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 
@@ -47,10 +47,13 @@ impl<'a> RunStart<'a> {
     ) -> Result<Self> {
         let dir = cfg.checkpoint_dir();
         let lock = DirLock::acquire(&dir)?;
-        let resume_dir = cfg.args.resume_from_checkpoint.as_deref().map(Path::new);
-        let saved = resume_dir.map(|d| read_saved_state(d, device)).transpose()?;
+        // The directory resumed from, with its saved state, optimizer moments and latest folder.
+        let saved = match cfg.args.resume_from_checkpoint.as_deref().map(Path::new) {
+            Some(from) => Some((from, read_saved_state(from, device)?)),
+            None => None,
+        };
         let seed = match &saved {
-            Some((state, _, _)) if cfg.args.random_seed <= 0 => state.progress.seed,
+            Some((_, (state, _, _))) if cfg.args.random_seed <= 0 => state.progress.seed,
             _ => cfg.seed,
         };
         if cfg.args.random_seed <= 0 {
@@ -60,32 +63,24 @@ impl<'a> RunStart<'a> {
                 cfg.args.random_seed
             ));
         }
+        // The seed is part of the fingerprint, so a resume with another seed is refused here too.
         let fingerprint = run_fingerprint(cfg, labels, model_dir, seed)?;
-        if let (Some((state, _, latest)), Some(from)) = (&saved, resume_dir) {
+        if let Some((from, (state, _, _))) = &saved {
             check_same_run(&state.fingerprint, &fingerprint, from)?;
-            if state.progress.seed != seed {
-                bail!(
-                    "{}: the saved state was trained with seed {}, not {seed}",
-                    latest.display(),
-                    state.progress.seed
-                );
-            }
         }
-        let mut train_config = train_config_json(cfg, model_dir);
-        train_config["seed_used"] = serde_json::json!(seed);
         let writer = CheckpointWriter::new(
             lock,
             (config, labels, model_dir),
-            train_config,
+            train_config_json(cfg, model_dir, seed),
             cfg.args.save_all_checkpoints,
             &fingerprint,
         );
-        let (resume, weights_source) = match (saved, resume_dir) {
-            (Some((state, optimizer, latest)), Some(from)) => {
+        let (resume, weights_source) = match saved {
+            Some((from, (state, optimizer, latest))) => {
                 writer.adopt_best_model(from)?;
                 (Some(Resume { state: state.progress, optimizer }), latest)
             }
-            _ => (None, model_dir.to_path_buf()),
+            None => (None, model_dir.to_path_buf()),
         };
         Ok(RunStart { writer, resume, seed, weights_source })
     }
@@ -212,11 +207,11 @@ pub fn initial_params(
     Ok(params)
 }
 
-/// Every flag of the run plus the resolved model, saved as `train_config.json`.
-pub fn train_config_json(cfg: &RunConfig, model_dir: &Path) -> serde_json::Value {
+/// Every flag of the run plus the resolved model and the seed used, saved as `train_config.json`.
+fn train_config_json(cfg: &RunConfig, model_dir: &Path, seed: u64) -> serde_json::Value {
     let mut v = serde_json::to_value(&cfg.args).unwrap_or_default();
     v["pretrained_model_dir"] = serde_json::json!(model_dir.display().to_string());
-    v["seed_used"] = serde_json::json!(cfg.seed);
+    v["seed_used"] = serde_json::json!(seed);
     v["easynlp_rs_version"] = serde_json::json!(env!("CARGO_PKG_VERSION"));
     v
 }

@@ -79,6 +79,13 @@ impl StepPlan {
         (step / self.steps_per_epoch, step % self.steps_per_epoch)
     }
 
+    /// The cursor before optimizer step `step` (0-based): its epoch and the position, in that
+    /// epoch's batch order, of its first micro-batch.
+    pub fn cursor(&self, step: usize) -> (usize, usize) {
+        let (epoch, in_epoch) = self.locate(step);
+        (epoch, in_epoch * self.accumulation)
+    }
+
     /// The positions, in its epoch's batch order, of the micro-batches of step `step_in_epoch`.
     pub fn micro_batches(&self, step_in_epoch: usize) -> std::ops::Range<usize> {
         let start = step_in_epoch * self.accumulation;
@@ -180,10 +187,8 @@ pub fn train(
     let mut state = TrainState::start(s.seed);
     let mut saved_step = None;
     if let Some(resume) = resume {
-        let cursor = plan.locate(resume.state.global_step);
-        if resume.state.seed != s.seed
-            || (resume.state.epoch, resume.state.next_micro_batch) != (cursor.0, cursor.1 * plan.accumulation)
-        {
+        let saved_cursor = (resume.state.epoch, resume.state.next_micro_batch);
+        if resume.state.seed != s.seed || saved_cursor != plan.cursor(resume.state.global_step) {
             bail!(
                 "the saved training state (step {}, epoch {}, micro-batch {}, seed {}) does not fit this run (seed {})",
                 resume.state.global_step,
@@ -257,8 +262,7 @@ pub fn train(
         opt.step(&grads, StepParams { lr, grad_scale: avg * clip })?;
         drop(grads);
         state.global_step = opt.steps;
-        let (next_epoch, next_step) = plan.locate(state.global_step);
-        (state.epoch, state.next_micro_batch) = (next_epoch, next_step * plan.accumulation);
+        (state.epoch, state.next_micro_batch) = plan.cursor(state.global_step);
         logging::progress(opt.steps, plan.total_steps, &format!("loss {:.4}", loss_sum / loss_n.max(1) as f64));
         if opt.steps.is_multiple_of(s.logging_steps.max(1)) {
             let secs = window_start.elapsed().as_secs_f64();
@@ -273,7 +277,7 @@ pub fn train(
             ));
             (window_rows, window_start) = (0, Instant::now());
         }
-        let epoch_end = next_epoch != epoch || state.global_step == plan.total_steps;
+        let epoch_end = state.epoch != epoch || state.global_step == plan.total_steps;
         let evaluate_now = match s.save_checkpoint_steps {
             Some(n) => opt.steps.is_multiple_of(n),
             None => epoch_end,

@@ -2,7 +2,8 @@
 # Vanilla KD on SST-2 (text_classify), with the commands of EasyNLP's knowledge-distillation
 # tutorial (examples/knowledge_distillation/readme.md): teacher fine-tune, teacher logits export,
 # student KD, student predict; plus an evaluate of the student.
-#   TEACHER_MODEL / STUDENT_MODEL  model-zoo names or directories (default: the shared minilm-l6 / minilm-l3)
+#   TEACHER_MODEL / STUDENT_MODEL  directories, model-zoo names, EasyNLP names (bert-large-uncased,
+#                  bert-small-uncased, ...) or Hugging Face Hub ids (default: the shared minilm-l6 / minilm-l3)
 #   DATA     folder with GLUE SST-2 train.tsv and dev.tsv (with header) (default: ../shared/data/glue-sst2)
 #   ROWS, DEV_ROWS, WORK, EASYNLP: see examples/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -6,15 +6,21 @@ use std::process::Command;
 
 fn run_example(script: &str) {
     let Some(shared) = common::shared_dir(script) else { return };
+    run_example_with(script, &shared, &[]);
+}
+
+/// Runs a KD example on 40 training and 16 dev rows with `env` on top, and checks its outputs.
+fn run_example_with(script: &str, shared: &std::path::Path, env: &[(&str, &str)]) {
     let work = tempfile::tempdir().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("examples").join(script))
         .env("EASYNLP", env!("CARGO_BIN_EXE_easynlp"))
-        .env("EASYNLP_SHARED", &shared)
+        .env("EASYNLP_SHARED", shared)
         .env("WORK", work.path())
         .env("ROWS", "40")
         .env("DEV_ROWS", "16")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -40,6 +46,32 @@ fn kd_sst2_example_runs() {
 #[test]
 fn kd_mrpc_example_runs() {
     run_example("kd_mrpc.sh");
+}
+
+/// The MRPC KD tutorial with EasyNLP's model names, the models served by a local Hub.
+#[test]
+fn kd_mrpc_example_runs_with_easynlp_model_names_from_a_hub() {
+    let Some(shared) = common::shared_dir("kd_mrpc.sh with model names") else { return };
+    let server = common::hub_server::HubServer::start();
+    server.serve_dir("google-bert/bert-large-uncased", &shared.join("models/minilm-l6"));
+    server.serve_dir("google/bert_uncased_L-4_H-512_A-8", &shared.join("models/minilm-l3"));
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_str().unwrap();
+    run_example_with(
+        "kd_mrpc.sh",
+        &shared,
+        &[
+            ("TEACHER_MODEL", "bert-large-uncased"),
+            ("STUDENT_MODEL", "bert-small-uncased"),
+            ("HF_ENDPOINT", &server.endpoint),
+            ("HF_HOME", home),
+            ("HF_HUB_OFFLINE", "0"),
+        ],
+    );
+    for repo in ["google-bert/bert-large-uncased", "google/bert_uncased_L-4_H-512_A-8"] {
+        let weights = format!("/{repo}/resolve/main/model.safetensors");
+        assert!(server.seen().iter().any(|s| s.path == weights), "{repo} not fetched: {:?}", server.seen());
+    }
 }
 
 #[test]

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 /// Every key this program understands, with a one-line description (used in error messages).
 pub const KNOWN_KEYS: &[(&str, &str)] = &[
-    ("pretrain_model_name_or_path", "model directory or model-zoo name"),
+    (
+        "pretrain_model_name_or_path",
+        "model directory, model-zoo name, EasyNLP model name or Hub id org/name[@revision]",
+    ),
     ("do_eval", "evaluate during training (boolean, default True)"),
     ("enable_distillation", "train with knowledge distillation (boolean)"),
     ("type", "distillation type: vanilla_kd"),

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod hub_server;
 pub mod kd;
 pub mod metakd;
 pub mod signals;

@@ -107,7 +107,7 @@ fn forward_flops(cfg: &BertConfig, seq: usize) -> f64 {
 fn step_case(model: &str, seq: usize, mode: &str, steps: usize) -> Value {
     let (cfg, params, _) = load(model);
     let b = full_batch(seq, cfg.vocab_size);
-    let mut opt = Optimizer::new(&params, OptimizerKind::AdamW, 1e-4);
+    let mut opt = Optimizer::new(&params, OptimizerKind::AdamW, 1e-4).unwrap();
     let mut seed = 0u64;
     // Inference loads the model once, as predict does; a training step rebuilds it from the
     // updated weights, as the trainer does.

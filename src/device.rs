@@ -34,10 +34,14 @@ pub fn select(worker_gpu: i64, worker_count: usize) -> Result<Device> {
     Ok(Device::Cpu)
 }
 
+/// The CUDA GPUs the driver reports, asked once, without creating a context on any of them.
 fn gpu_count() -> usize {
-    if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
-        (0..16).take_while(|&i| Device::new_cuda(i).is_ok()).count()
-    } else {
-        0
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *COUNT.get_or_init(|| CudaContext::device_count().map_or(0, |n| n.max(0) as usize))
     }
+    #[cfg(not(feature = "cuda"))]
+    0
 }

@@ -34,6 +34,11 @@ pub fn run(args: Args) -> Result<()> {
             std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
         }
     }
+    let kernels = crate::ops::Kernels::from_env().map_err(anyhow::Error::msg)?;
+    crate::ops::set_kernels(kernels);
+    if kernels == crate::ops::Kernels::Portable {
+        crate::logging::info("EASYNLP_KERNELS=portable: the device-generic path a GPU runs, not the fused CPU kernels");
+    }
     match Invocation::from_args(args)? {
         Invocation::Text(cfg) => run_text(&cfg),
         Invocation::MetakdPrep(prep) => run_prep(&prep),

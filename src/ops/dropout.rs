@@ -1,6 +1,8 @@
 //! Dropout with a counter-based random mask: element `i` is kept when `hash(seed, i)` falls
 //! below the keep probability, so the mask needs no storage, is generated in parallel, does not
-//! depend on the thread count, and the backward pass regenerates it from the seed.
+//! depend on the thread count, and the backward pass regenerates it from the seed. The op runs on
+//! the CPU and (with the `cuda` feature) on CUDA GPUs with the same hash, so a GPU draws the same
+//! masks as the CPU and never builds one on the host.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -33,8 +35,9 @@ pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let keep = 1.0 - p;
-    if !util::use_fused(&[x]) {
-        // Same mask, materialised, for other devices.
+    if x.dtype() != candle_core::DType::F32 || !(x.device().is_cpu() || x.device().is_cuda()) {
+        // Same mask, materialised on the host, for what the op does not cover (other dtypes and
+        // devices).
         let n = x.elem_count() as u64;
         let mask: Vec<f32> = (0..n).map(|i| mask_factor(seed, i, keep)).collect();
         return x.mul(&Tensor::from_vec(mask, x.shape(), &candle_core::Device::Cpu)?.to_device(x.device())?);
@@ -63,6 +66,15 @@ impl CustomOp1 for Dropout {
         Ok((CpuStorage::F32(apply_mask(x, self.keep, self.seed)), layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::apply_mask(storage, layout, self.keep, self.seed)
+    }
+
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&DropoutGrad { keep: self.keep, seed: self.seed })?))
     }
@@ -82,6 +94,74 @@ impl CustomOp1 for DropoutGrad {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let [g] = util::f32_inputs(self.name(), [(storage, layout)])?;
         Ok((CpuStorage::F32(apply_mask(g, self.keep, self.seed)), layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::apply_mask(storage, layout, self.keep, self.seed)
+    }
+}
+
+/// The mask on a CUDA GPU: one thread per element, the same hash as [`mask_uniform`].
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::nvrtc::compile_ptx;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+    use std::sync::OnceLock;
+
+    const KERNEL: &str = r#"
+extern "C" __global__ void easynlp_dropout(const float* src, float* dst, unsigned long long seed, float keep,
+                                           unsigned long long n) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned long long z = seed + i * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+    dst[i] = u < keep ? src[i] * (1.0f / keep) : 0.0f;
+}
+"#;
+
+    /// The kernel's PTX, compiled by NVRTC once per process.
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+
+    /// `src` times the dropout mask of `seed` (element index = position in `src`).
+    pub(super) fn apply_mask(
+        storage: &CudaStorage,
+        layout: &Layout,
+        keep: f32,
+        seed: u64,
+    ) -> Result<(CudaStorage, Shape)> {
+        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("dropout needs a contiguous tensor") };
+        let n = b - a;
+        if n > u32::MAX as usize {
+            candle_core::bail!("dropout of {n} elements: more than one launch holds");
+        }
+        let dev = &storage.device;
+        let src = storage.as_cuda_slice::<f32>()?.slice(a..b);
+        let ptx = PTX.get_or_init(|| compile_ptx(KERNEL).map(|p| p.to_src()).map_err(|e| e.to_string()));
+        let ptx = ptx.as_ref().map_err(|e| candle_core::Error::Msg(format!("compiling the dropout kernel: {e}")))?;
+        let func = dev.get_or_load_custom_func("easynlp_dropout", "easynlp_dropout", ptx)?;
+        // SAFETY: the kernel below writes every one of the `n` elements before anything reads them.
+        let dst = unsafe { dev.alloc::<f32>(n)? };
+        let n64 = n as u64;
+        let mut launch = func.builder();
+        launch.arg(&src);
+        launch.arg(&dst);
+        launch.arg(&seed);
+        launch.arg(&keep);
+        launch.arg(&n64);
+        // SAFETY: the arguments match the kernel's parameters in order and type, and `src` and
+        // `dst` hold the `n` elements the launch covers.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n as u32)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(dst, dev.clone()), layout.shape().clone()))
     }
 }
 

@@ -3,7 +3,8 @@
 //! from, also used op by op where the attention probabilities are needed: attention core, dense
 //! layer, attention softmax, layer norm, GELU and dropout.
 //!
-//! Each public function runs the fused kernel for f32 tensors on the CPU and otherwise falls
+//! Each public function runs the fused kernel for f32 tensors on the CPU (unless
+//! `EASYNLP_KERNELS=portable`, see [`kernels`](mod@kernels)) and otherwise falls
 //! back to the equivalent [`reference`](mod@reference) implementation built from candle primitives, so other
 //! devices (CUDA) keep working; [`encoder_layer()`] and [`fused_attention()`] are CPU-only and their
 //! callers check [`attention::supported`] first. Kernels parallelise over rows with rayon; the element- and
@@ -19,6 +20,7 @@ pub mod encoder_layer;
 pub mod first_position;
 mod gelu;
 mod head_matmul;
+pub mod kernels;
 mod layer_norm;
 pub mod linear;
 mod math;
@@ -31,6 +33,7 @@ pub use dropout::dropout;
 pub use encoder_layer::encoder_layer;
 pub use first_position::encoder_layer_first_position;
 pub use gelu::gelu_erf;
+pub use kernels::{kernels, set_kernels, Kernels};
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::attention_softmax;

@@ -91,10 +91,12 @@ simd_fn! {
 /// Elements per work item in purely elementwise kernels.
 pub(crate) const ELEM_BLOCK: usize = 4096;
 
-/// True when all tensors are f32 and on the CPU and the first one is non-empty, i.e. when the
-/// fused kernels apply; otherwise callers fall back to the `reference` implementation.
+/// True when all tensors are f32 and on the CPU, the first one is non-empty and the fused
+/// kernels are chosen ([`super::kernels()`]); otherwise callers fall back to the `reference`
+/// implementation.
 pub(crate) fn use_fused(tensors: &[&Tensor]) -> bool {
-    tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    super::kernels() == super::Kernels::Fused
+        && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
         && tensors.first().is_some_and(|t| t.elem_count() > 0)
 }
 

@@ -1,7 +1,9 @@
 //! AdamW (and Adam, BertAdam, SGD) with EasyNLP's parameter groups, updating weights in place.
 //!
-//! On the CPU the update is one fused in-place pass per parameter (no temporaries); on other
-//! devices it is written with tensor ops.
+//! On the CPU the update is one fused in-place pass per parameter (no temporaries) over moments
+//! held in host memory; on other devices (and with `EASYNLP_KERNELS=portable`) the moments are
+//! tensors on the parameters' device and the update is written with tensor ops, so a step moves
+//! nothing between host and device.
 
 use crate::model::params::Params;
 use anyhow::{bail, Result};
@@ -40,8 +42,33 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    moments: Moments,
+}
+
+/// The first and second moments of one parameter.
+enum Moments {
+    /// Host vectors, updated by the fused in-place CPU pass.
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// Tensors on the parameter's device, updated with tensor ops.
+    Device { m: Tensor, v: Tensor },
+}
+
+impl Moments {
+    fn zeros(var: &Var) -> Result<Self> {
+        let t = var.as_tensor();
+        if fused_update(var) {
+            Ok(Moments::Host { m: vec![0.0; t.elem_count()], v: vec![0.0; t.elem_count()] })
+        } else {
+            Ok(Moments::Device { m: t.zeros_like()?, v: t.zeros_like()? })
+        }
+    }
+}
+
+/// Whether `var` is updated by the fused CPU pass.
+fn fused_update(var: &Var) -> bool {
+    var.device().is_cpu()
+        && var.dtype() == candle_core::DType::F32
+        && crate::ops::kernels() == crate::ops::Kernels::Fused
 }
 
 /// The optimizer and its per-parameter moments.
@@ -64,27 +91,37 @@ pub fn decays(name: &str) -> bool {
 
 impl Optimizer {
     /// An optimizer over every parameter in `params`.
-    pub fn new(params: &Params, kind: OptimizerKind, weight_decay: f64) -> Self {
+    pub fn new(params: &Params, kind: OptimizerKind, weight_decay: f64) -> Result<Self> {
         let slots = params
             .iter()
-            .map(|(name, var)| Slot {
-                name: name.clone(),
-                var: var.clone(),
-                decay: decays(name),
-                m: vec![0.0; var.elem_count()],
-                v: vec![0.0; var.elem_count()],
+            .map(|(name, var)| {
+                Ok(Slot { name: name.clone(), var: var.clone(), decay: decays(name), moments: Moments::zeros(var)? })
             })
-            .collect();
-        Optimizer { kind, weight_decay, slots, steps: 0 }
+            .collect::<Result<_>>()?;
+        Ok(Optimizer { kind, weight_decay, slots, steps: 0 })
     }
 
-    /// The global L2 norm of the gradients of all parameters.
+    /// The global L2 norm of the gradients of all parameters. Gradients in host memory are
+    /// summed on the host; the others on their device, read back once.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;
+        let mut on_device: Option<Tensor> = None;
         for slot in &self.slots {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
-                total += squared_norm(g)?;
+                match host_squared_norm(g) {
+                    Some(sq) => total += sq,
+                    None => {
+                        let sq = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+                        on_device = Some(match on_device {
+                            Some(acc) => (acc + sq)?,
+                            None => sq,
+                        });
+                    }
+                }
             }
+        }
+        if let Some(acc) = on_device {
+            total += acc.to_scalar::<f64>()?;
         }
         Ok(total.sqrt())
     }
@@ -102,22 +139,20 @@ impl Optimizer {
                 continue;
             };
             let grad = grad.contiguous()?;
-            let update = Update {
-                rule: Rule {
-                    kind: self.kind,
-                    lr: sp.lr as f32,
-                    wd: if slot.decay { self.weight_decay as f32 } else { 0.0 },
-                    scale: sp.grad_scale as f32,
-                    bc1: bc1 as f32,
-                    bc2: bc2 as f32,
-                },
-                m: RefCell::new(&mut slot.m),
-                v: RefCell::new(&mut slot.v),
+            let rule = Rule {
+                kind: self.kind,
+                lr: sp.lr as f32,
+                wd: if slot.decay { self.weight_decay as f32 } else { 0.0 },
+                scale: sp.grad_scale as f32,
+                bc1: bc1 as f32,
+                bc2: bc2 as f32,
             };
-            if slot.var.device().is_cpu() {
-                slot.var.as_tensor().inplace_op2(&grad, &update)?;
-            } else {
-                update.on_device(&slot.var, &grad)?;
+            match &mut slot.moments {
+                Moments::Host { m, v } => {
+                    let update = Update { rule, m: RefCell::new(m), v: RefCell::new(v) };
+                    slot.var.as_tensor().inplace_op2(&grad, &update)?;
+                }
+                Moments::Device { m, v } => rule.on_device(&slot.var, &grad, m, v)?,
             }
         }
         Ok(())
@@ -126,10 +161,17 @@ impl Optimizer {
     /// The moments as tensors (`m.<name>`, `v.<name>`), for resumable checkpoints.
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
+        let cpu = candle_core::Device::Cpu;
         for s in &self.slots {
             let shape = s.var.shape().clone();
-            out.insert(format!("m.{}", s.name), Tensor::from_slice(&s.m, shape.clone(), &candle_core::Device::Cpu)?);
-            out.insert(format!("v.{}", s.name), Tensor::from_slice(&s.v, shape, &candle_core::Device::Cpu)?);
+            let (m, v) = match &s.moments {
+                Moments::Host { m, v } => {
+                    (Tensor::from_slice(m, shape.clone(), &cpu)?, Tensor::from_slice(v, shape, &cpu)?)
+                }
+                Moments::Device { m, v } => (m.to_device(&cpu)?, v.to_device(&cpu)?),
+            };
+            out.insert(format!("m.{}", s.name), m);
+            out.insert(format!("v.{}", s.name), v);
         }
         Ok(out)
     }
@@ -137,33 +179,42 @@ impl Optimizer {
     /// Restores moments saved by [`Optimizer::state_tensors`] and the step count.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
         for s in &mut self.slots {
-            for (prefix, buf) in [("m", &mut s.m), ("v", &mut s.v)] {
+            let saved = |prefix: &str| -> Result<Tensor> {
                 let key = format!("{prefix}.{}", s.name);
                 let Some(t) = tensors.get(&key) else { bail!("optimizer state has no `{key}`") };
-                let data = t.flatten_all()?.to_vec1::<f32>()?;
-                if data.len() != buf.len() {
-                    bail!("optimizer state `{key}` has {} values, expected {}", data.len(), buf.len());
+                if t.elem_count() != s.var.elem_count() {
+                    bail!("optimizer state `{key}` has {} values, expected {}", t.elem_count(), s.var.elem_count());
                 }
-                *buf = data;
-            }
+                Ok(t.to_dtype(candle_core::DType::F32)?.reshape(s.var.shape())?)
+            };
+            let (m, v) = (saved("m")?, saved("v")?);
+            s.moments = match s.moments {
+                Moments::Host { .. } => {
+                    Moments::Host { m: m.flatten_all()?.to_vec1::<f32>()?, v: v.flatten_all()?.to_vec1::<f32>()? }
+                }
+                Moments::Device { .. } => {
+                    Moments::Device { m: m.to_device(s.var.device())?, v: v.to_device(s.var.device())? }
+                }
+            };
         }
         self.steps = steps;
         Ok(())
     }
 }
 
-/// Sum of squares of a tensor: a parallel pass over CPU f32 data, tensor ops elsewhere.
-fn squared_norm(t: &Tensor) -> Result<f64> {
+/// Sum of squares of contiguous f32 data in host memory (a parallel pass); None for any other
+/// tensor, or with `EASYNLP_KERNELS=portable`.
+fn host_squared_norm(t: &Tensor) -> Option<f64> {
     use rayon::prelude::*;
-    let (storage, layout) = t.storage_and_layout();
-    if let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage {
-        if let Some((a, b)) = layout.contiguous_offsets() {
-            // Partial sums collected, then added in chunk order: the same bits on every run.
-            let partials: Vec<f64> = data[a..b].par_chunks(1 << 15).map(crate::ops::util::sum_squares).collect();
-            return Ok(partials.iter().sum());
-        }
+    if crate::ops::kernels() != crate::ops::Kernels::Fused {
+        return None;
     }
-    Ok(t.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else { return None };
+    let (a, b) = layout.contiguous_offsets()?;
+    // Partial sums collected, then added in chunk order: the same bits on every run.
+    let partials: Vec<f64> = data[a..b].par_chunks(1 << 15).map(crate::ops::util::sum_squares).collect();
+    Some(partials.iter().sum())
 }
 
 struct Update<'a> {
@@ -235,33 +286,24 @@ crate::ops::util::simd_fn! {
     }
 }
 
-impl Update<'_> {
-    /// The same rule with tensor ops, for non-CPU devices.
-    fn on_device(&self, var: &Var, grad: &Tensor) -> Result<()> {
-        let dev = var.device();
-        let mut m = self.m.borrow_mut();
-        let mut v = self.v.borrow_mut();
-        let shape = var.shape().clone();
+impl Rule {
+    /// The rule with tensor ops on the parameter's device, moments updated in place.
+    fn on_device(&self, var: &Var, grad: &Tensor, m: &mut Tensor, v: &mut Tensor) -> Result<()> {
         let p = var.as_tensor().detach();
-        let r = self.rule;
-        let g = (grad * r.scale as f64)?;
-        let mt = Tensor::from_slice(m.as_slice(), shape.clone(), dev)?;
-        let vt = Tensor::from_slice(v.as_slice(), shape.clone(), dev)?;
+        let g = (grad * self.scale as f64)?;
         let (b1, b2) = (BETA1, BETA2);
-        let (lr, wd) = (r.lr as f64, r.wd as f64);
-        let new_p = match r.kind {
+        let (lr, wd) = (self.lr as f64, self.wd as f64);
+        let new_p = match self.kind {
             OptimizerKind::Sgd => (&p - ((&g + (&p * wd)?)? * lr)?)?,
             kind => {
                 let g = if kind == OptimizerKind::Adam { (&g + (&p * wd)?)? } else { g };
-                let m2 = ((&mt * b1)? + (&g * (1.0 - b1))?)?;
-                let v2 = ((&vt * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-                let denom = ((&v2 / r.bc2 as f64)?.sqrt()? + EPS)?;
-                let mut np = (&p - ((&m2 / denom)? * (lr / r.bc1 as f64))?)?;
+                *m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
+                *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+                let denom = ((&*v / self.bc2 as f64)?.sqrt()? + EPS)?;
+                let mut np = (&p - ((&*m / denom)? * (lr / self.bc1 as f64))?)?;
                 if kind != OptimizerKind::Adam {
                     np = (&np - (&np * (lr * wd))?)?;
                 }
-                **m = m2.flatten_all()?.to_vec1()?;
-                **v = v2.flatten_all()?.to_vec1()?;
                 np
             }
         };

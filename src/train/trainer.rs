@@ -183,7 +183,7 @@ pub fn train(
     let s = settings;
     let plan = StepPlan::new(examples.len(), s.batch_size, s.grad_accum, s.epochs);
     let schedule = LinearSchedule::new(s.learning_rate, s.warmup_proportion, plan.total_steps);
-    let mut opt = Optimizer::new(params, s.optimizer, s.weight_decay);
+    let mut opt = Optimizer::new(params, s.optimizer, s.weight_decay)?;
     let mut state = TrainState::start(s.seed);
     let mut saved_step = None;
     if let Some(resume) = resume {

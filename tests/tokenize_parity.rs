@@ -184,3 +184,26 @@ fn special_tokens_in_text_are_matched() {
     let tk = BertTokenizer::load(dir.path(), 16, false).unwrap();
     assert_eq!(tk.encode_batch(&[("xhellox", None)]).unwrap()[0].ids, [2, 1, 5, 1, 3]);
 }
+
+/// A config as transformers 4.34+ writes it (`added_tokens_decoder` listing the special tokens):
+/// `special_tokens_map.json` is then not read, as in transformers.
+#[test]
+fn added_tokens_decoder_config_ignores_special_tokens_map() {
+    let entry = |t: &str| {
+        format!(
+            r#"{{"content": "{t}", "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": true}}"#
+        )
+    };
+    let config = format!(
+        r#"{{"do_lower_case": true, "unk_token": "[UNK]", "added_tokens_decoder": {{"0": {}, "1": {}, "2": {}, "3": {}, "4": {}}}}}"#,
+        entry("[PAD]"),
+        entry("[UNK]"),
+        entry("[CLS]"),
+        entry("[SEP]"),
+        entry("[MASK]")
+    );
+    let dir =
+        model_dir(&[("tokenizer_config.json", &config), ("special_tokens_map.json", r#"{"unk_token": "<unk>"}"#)]);
+    let tk = BertTokenizer::load(dir.path(), 16, false).unwrap();
+    assert_eq!(tk.encode_batch(&[("Hello [MASK] world", None)]).unwrap()[0].ids, [2, 5, 4, 1, 3]);
+}

@@ -317,15 +317,14 @@ fn from_vocab(vocab: &Path, settings: &TokenizerSettings) -> Result<Tokenizer> {
         .unk_token(settings.unk.clone())
         .build()
         .map_err(|e| anyhow!("cannot load {}: {e}", vocab.display()))?;
-    let [unk, cls, sep] = [&settings.unk, &settings.cls, &settings.sep].map(|t| wordpiece_id(&wordpiece, t, vocab));
-    let (_, cls, sep) = (unk?, cls?, sep?);
-    let mut special: Vec<AddedToken> = [&settings.unk, &settings.sep, &settings.pad, &settings.cls, &settings.mask]
-        .into_iter()
-        .filter(|t| tokenizers::Model::token_to_id(&wordpiece, t).is_some())
-        .map(|t| AddedToken::from(t.as_str(), true))
-        .collect();
+    // The unknown token must be in the vocabulary too (WordPiece gives it to unknown words).
+    wordpiece_id(&wordpiece, &settings.unk, vocab)?;
+    let cls = wordpiece_id(&wordpiece, &settings.cls, vocab)?;
+    let sep = wordpiece_id(&wordpiece, &settings.sep, vocab)?;
+    let in_vocab = |t: &str| tokenizers::Model::token_to_id(&wordpiece, t);
+    let mut added = Vec::new();
     for (id, token) in &settings.added {
-        if tokenizers::Model::token_to_id(&wordpiece, &token.content) != Some(*id) {
+        if in_vocab(&token.content) != Some(*id) {
             bail!(
                 "{}: added token `{}` (id {id}) is not line {} of {} (only a tokenizer.json can add tokens \
                  beyond the vocabulary)",
@@ -335,13 +334,19 @@ fn from_vocab(vocab: &Path, settings: &TokenizerSettings) -> Result<Tokenizer> {
                 vocab.display()
             );
         }
-        special.push(token.clone());
+        added.push(token.clone());
+    }
+    // The named special tokens that the vocabulary holds, unless listed above with their own flags.
+    for name in [&settings.unk, &settings.sep, &settings.pad, &settings.cls, &settings.mask] {
+        if in_vocab(name).is_some() && !added.iter().any(|t: &AddedToken| &t.content == name) {
+            added.push(AddedToken::from(name.as_str(), true));
+        }
     }
     let mut tk = Tokenizer::new(wordpiece);
     tk.with_normalizer(Some(settings.normalizer()));
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
     tk.with_post_processor(Some(BertProcessing::new((settings.sep.clone(), sep), (settings.cls.clone(), cls))));
-    let (specials, others): (Vec<AddedToken>, Vec<AddedToken>) = special.into_iter().partition(|t| t.special);
+    let (specials, others): (Vec<AddedToken>, Vec<AddedToken>) = added.into_iter().partition(|t| t.special);
     tk.add_special_tokens(&specials);
     tk.add_tokens(&others);
     Ok(tk)

@@ -156,6 +156,19 @@ fn prefixes_match_whole_texts_vocab_pipeline() {
     check(&model, true, 2);
 }
 
+/// Pipelines set up by tokenizer_config.json (tests/fixtures/tokenizers): cased; cased with CJK
+/// not split (CJK ideographs are then no cut points) and renamed special tokens; a tokenizer.json
+/// whose normalizer the config changes; and accents stripped without lower-casing.
+#[test]
+fn prefixes_match_whole_texts_configured_pipelines() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers");
+    let dirs =
+        [("cased", false), ("chinese-no-split", true), ("json-config-wins", false), ("cased-strip-accents", true)];
+    for (seed, (name, lowercase)) in (10..).zip(dirs) {
+        check(&fixtures.join(name), lowercase, seed);
+    }
+}
+
 /// The shared models' tokenizer.json.
 #[test]
 fn prefixes_match_whole_texts_tokenizer_json() {

@@ -1,4 +1,5 @@
-//! BERT uncased WordPiece tokenization of single sentences and pairs, truncated `longest_first`.
+//! BERT WordPiece tokenization of single sentences and pairs, truncated `longest_first`, set up
+//! from a model directory as transformers' `BertTokenizerFast` sets it up.
 //!
 //! Only the prefix of a long text that can reach the output is tokenized: the tokenizer costs
 //! about 130 bytes of memory per byte of text, so a multi-megabyte row tokenized whole would cost
@@ -6,6 +7,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use rayon::prelude::*;
+use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::path::Path;
 use tokenizers::models::wordpiece::WordPiece;
@@ -13,8 +15,8 @@ use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{
-    EncodeInput, Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PostProcessorWrapper, PreTokenizerWrapper,
-    Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    AddedToken, EncodeInput, Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PostProcessorWrapper,
+    PreTokenizerWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 /// One tokenized row (no padding): token ids and segment ids of equal length.
@@ -39,15 +41,22 @@ pub struct BertTokenizer {
 }
 
 impl BertTokenizer {
-    /// Loads `tokenizer.json` from `model_dir`, or builds the uncased BERT pipeline from `vocab.txt`.
-    /// `max_len` is the truncation length (special tokens included).
+    /// Loads the tokenizer of `model_dir` as transformers' `BertTokenizerFast` does: `tokenizer.json`
+    /// when there is one (its normalizer set as `tokenizer_config.json` says, when it says), else
+    /// the BERT pipeline built from `vocab.txt` with `tokenizer_config.json`'s settings and
+    /// special tokens ([`TokenizerSettings`]). `max_len` is the truncation length (special tokens
+    /// included); `lowercase` lower-cases every text first (`--do_lower_case`).
     pub fn load(model_dir: &Path, max_len: usize, lowercase: bool) -> Result<Self> {
         let json = model_dir.join("tokenizer.json");
         let vocab = model_dir.join("vocab.txt");
+        let settings = TokenizerSettings::read(model_dir)?;
         let mut inner = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", json.display()))?
+            let mut tk =
+                Tokenizer::from_file(&json).map_err(|e| anyhow!("cannot load tokenizer {}: {e}", json.display()))?;
+            settings.apply_to_json(&mut tk);
+            tk
         } else if vocab.is_file() {
-            from_vocab(&vocab)?
+            from_vocab(&vocab, &settings)?
         } else {
             bail!("{}: no tokenizer.json or vocab.txt (a BERT model directory needs one of them)", model_dir.display());
         };
@@ -298,22 +307,216 @@ fn is_cjk(c: char) -> bool {
     )
 }
 
-fn from_vocab(vocab: &Path) -> Result<Tokenizer> {
+/// The BERT pipeline from `vocab.txt`, as transformers' `BertTokenizerFast` builds it: BERT's
+/// normalizer and pre-tokenizer, WordPiece, `[CLS] a [SEP] (b [SEP])`, and the special tokens
+/// matched in the raw text before anything else.
+fn from_vocab(vocab: &Path, settings: &TokenizerSettings) -> Result<Tokenizer> {
+    settings.check_vocab_class()?;
     let path = vocab.to_str().context("vocab path is not UTF-8")?;
     let wordpiece = WordPiece::from_file(path)
-        .unk_token("[UNK]".into())
+        .unk_token(settings.unk.clone())
         .build()
         .map_err(|e| anyhow!("cannot load {}: {e}", vocab.display()))?;
-    let cls = wordpiece_id(&wordpiece, "[CLS]", vocab)?;
-    let sep = wordpiece_id(&wordpiece, "[SEP]", vocab)?;
+    // The unknown token must be in the vocabulary too (WordPiece gives it to unknown words).
+    wordpiece_id(&wordpiece, &settings.unk, vocab)?;
+    let cls = wordpiece_id(&wordpiece, &settings.cls, vocab)?;
+    let sep = wordpiece_id(&wordpiece, &settings.sep, vocab)?;
+    let in_vocab = |t: &str| tokenizers::Model::token_to_id(&wordpiece, t);
+    let mut added = Vec::new();
+    for (id, token) in &settings.added {
+        if in_vocab(&token.content) != Some(*id) {
+            bail!(
+                "{}: added token `{}` (id {id}) is not line {} of {} (only a tokenizer.json can add tokens \
+                 beyond the vocabulary)",
+                settings.config_file.display(),
+                token.content,
+                id + 1,
+                vocab.display()
+            );
+        }
+        added.push(token.clone());
+    }
+    // The named special tokens that the vocabulary holds, unless listed above with their own flags.
+    for name in [&settings.unk, &settings.sep, &settings.pad, &settings.cls, &settings.mask] {
+        if in_vocab(name).is_some() && !added.iter().any(|t: &AddedToken| &t.content == name) {
+            added.push(AddedToken::from(name.as_str(), true));
+        }
+    }
     let mut tk = Tokenizer::new(wordpiece);
-    tk.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
+    tk.with_normalizer(Some(settings.normalizer()));
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
-    tk.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    tk.with_post_processor(Some(BertProcessing::new((settings.sep.clone(), sep), (settings.cls.clone(), cls))));
+    let (specials, others): (Vec<AddedToken>, Vec<AddedToken>) = added.into_iter().partition(|t| t.special);
+    tk.add_special_tokens(&specials);
+    tk.add_tokens(&others);
     Ok(tk)
 }
 
 fn wordpiece_id(wp: &WordPiece, token: &str, vocab: &Path) -> Result<u32> {
     use tokenizers::Model;
     wp.token_to_id(token).with_context(|| format!("{}: the vocabulary has no {token} token", vocab.display()))
+}
+
+/// Tokenizer classes whose `tokenizer_config.json` settings mean what they mean for BERT
+/// (transformers builds the same WordPiece pipeline for each), without a `Fast` suffix.
+const BERT_CLASSES: &[&str] = &[
+    "BertTokenizer",
+    "DistilBertTokenizer",
+    "ElectraTokenizer",
+    "MobileBertTokenizer",
+    "SqueezeBertTokenizer",
+    "LayoutLMTokenizer",
+    "ConvBertTokenizer",
+    "RetriBertTokenizer",
+];
+
+/// What a model directory's `tokenizer_config.json` and `special_tokens_map.json` say about BERT
+/// tokenization, read as transformers reads them: `do_lower_case` (default true),
+/// `strip_accents` (default null: strip when lower-casing), `tokenize_chinese_chars` (default
+/// true), the special tokens' names (`unk_token`, ...: default `[UNK]`, ...; those of
+/// `special_tokens_map.json` win unless the config has an `added_tokens_decoder`) and the
+/// `added_tokens_decoder` entries.
+#[derive(Clone, Debug)]
+struct TokenizerSettings {
+    lowercase: bool,
+    strip_accents: Option<bool>,
+    chinese_chars: bool,
+    unk: String,
+    cls: String,
+    sep: String,
+    pad: String,
+    mask: String,
+    /// `added_tokens_decoder`: id and token.
+    added: Vec<(u32, AddedToken)>,
+    /// `tokenizer_class`, when given.
+    class: Option<String>,
+    /// `tokenizer_config.json` (for messages).
+    config_file: std::path::PathBuf,
+    /// Whether `tokenizer_config.json` exists.
+    has_config: bool,
+}
+
+impl TokenizerSettings {
+    /// Reads the settings of `dir` (every default where a file or key is absent).
+    fn read(dir: &Path) -> Result<Self> {
+        let config_file = dir.join("tokenizer_config.json");
+        let config = read_object(&config_file)?;
+        let has_config = config.is_some();
+        let config = config.unwrap_or_default();
+        let flag = |key: &str| -> Result<Option<bool>> {
+            match config.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(v) => bail!("{}: `{key}` is {v}; expected true, false or null", config_file.display()),
+            }
+        };
+        let (lowercase, strip_accents, chinese_chars) =
+            (flag("do_lower_case")?, flag("strip_accents")?, flag("tokenize_chinese_chars")?);
+        let class = match config.get("tokenizer_class") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(c)) => Some(c.clone()),
+            Some(v) => bail!("{}: `tokenizer_class` is {v}; expected a class name", config_file.display()),
+        };
+        let mut added = Vec::new();
+        match config.get("added_tokens_decoder") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(decoder)) => {
+                for (id, token) in decoder {
+                    let entry = id.parse::<u32>().ok().zip(serde_json::from_value::<AddedToken>(token.clone()).ok());
+                    let Some(entry) = entry else {
+                        bail!(
+                            "{}: added_tokens_decoder `\"{id}\": {token}` is not `\"id\": {{\"content\": ..., ...}}`",
+                            config_file.display()
+                        );
+                    };
+                    added.push(entry);
+                }
+            }
+            Some(v) => bail!("{}: `added_tokens_decoder` is {v}; expected an object", config_file.display()),
+        }
+        added.sort_by_key(|(id, _)| *id);
+        // special_tokens_map.json is read only where the config lists no added tokens (as transformers does).
+        let map_file = dir.join("special_tokens_map.json");
+        let map = if config.contains_key("added_tokens_decoder") { None } else { read_object(&map_file)? };
+        let name = |key: &str, default: &str| -> Result<String> {
+            for (source, file) in [(map.as_ref(), &map_file), (Some(&config), &config_file)] {
+                let Some(value) = source.and_then(|m| m.get(key)) else { continue };
+                return match value {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Object(o) if o.get("content").is_some_and(Value::is_string) => {
+                        Ok(o["content"].as_str().unwrap_or_default().to_string())
+                    }
+                    Value::Null => continue,
+                    v => bail!("{}: `{key}` is {v}; expected a token or {{\"content\": token, ...}}", file.display()),
+                };
+            }
+            Ok(default.to_string())
+        };
+        Ok(TokenizerSettings {
+            lowercase: lowercase.unwrap_or(true),
+            strip_accents,
+            chinese_chars: chinese_chars.unwrap_or(true),
+            unk: name("unk_token", "[UNK]")?,
+            cls: name("cls_token", "[CLS]")?,
+            sep: name("sep_token", "[SEP]")?,
+            pad: name("pad_token", "[PAD]")?,
+            mask: name("mask_token", "[MASK]")?,
+            added,
+            class,
+            config_file,
+            has_config,
+        })
+    }
+
+    /// Whether the configured tokenizer class (if any) is one of BERT's.
+    fn is_bert_class(&self) -> bool {
+        self.class.as_deref().is_none_or(|c| BERT_CLASSES.contains(&c.strip_suffix("Fast").unwrap_or(c)))
+    }
+
+    /// A `vocab.txt` pipeline is BERT's: an other configured class is an error.
+    fn check_vocab_class(&self) -> Result<()> {
+        match &self.class {
+            Some(class) if !self.is_bert_class() => bail!(
+                "{}: tokenizer_class `{class}` is not supported with vocab.txt (only BERT's WordPiece \
+                 tokenizers: {}, with or without `Fast`); a tokenizer.json is used as it is",
+                self.config_file.display(),
+                BERT_CLASSES.join(", ")
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// BERT's normalizer with these settings (and `clean_text`, as transformers always sets it).
+    fn normalizer(&self) -> BertNormalizer {
+        BertNormalizer::new(true, self.chinese_chars, self.strip_accents, self.lowercase)
+    }
+
+    /// Sets the normalizer of a `tokenizer.json` pipeline as `tokenizer_config.json` says, as
+    /// transformers' BERT tokenizer does: only when that file exists, names a BERT class (or none)
+    /// and the pipeline uses BERT's normalizer. Otherwise `tokenizer.json` is used as it is.
+    fn apply_to_json(&self, tk: &mut Tokenizer) {
+        if !self.has_config || !self.is_bert_class() {
+            return;
+        }
+        let Some(NormalizerWrapper::BertNormalizer(current)) = tk.get_normalizer() else { return };
+        let wanted = self.normalizer();
+        let same = (current.clean_text, current.handle_chinese_chars, current.strip_accents, current.lowercase)
+            == (wanted.clean_text, wanted.handle_chinese_chars, wanted.strip_accents, wanted.lowercase);
+        if !same {
+            tk.with_normalizer(Some(wanted));
+            // Normalized added tokens are matched on the normalized text: match them anew.
+            tk.add_tokens(&[]);
+        }
+    }
+}
+
+/// A JSON object file, or None when there is no such file.
+fn read_object(path: &Path) -> Result<Option<Map<String, Value>>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: Map<String, Value> =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a JSON object", path.display()))?;
+    Ok(Some(value))
 }

@@ -1,5 +1,7 @@
 //! Named model parameters (candle `Var`s), their loading from HF weight files and initialisation.
 
+mod pytorch;
+
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -116,11 +118,7 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<(HashMap<String, Tens
             .into_iter()
             .collect()
     } else if bin.is_file() {
-        candle_core::pickle::read_all(&bin)
-            .with_context(|| format!("{}: cannot read the weights", bin.display()))?
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_device(device)?)))
-            .collect::<Result<_>>()?
+        pytorch::read(&bin)?.into_iter().map(|(k, t)| Ok((k, t.to_device(device)?))).collect::<Result<_>>()?
     } else {
         bail!("{}: no model.safetensors or pytorch_model.bin", dir.display());
     };

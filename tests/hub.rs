@@ -258,3 +258,30 @@ fn a_full_disk_is_a_clear_error() {
 fn is_not_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) != 0).unwrap_or(true)
 }
+
+/// A repository as old Hub uploads are: `pytorch_model.bin` only, `vocab.txt` without
+/// `tokenizer_config.json`. The files it lacks are remembered, so the second run asks nothing;
+/// the model trained from it is the one trained from the same weights as safetensors.
+#[test]
+fn a_pytorch_bin_vocab_only_repository_trains_like_its_safetensors_twin() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytorch_bin");
+    let server = HubServer::start();
+    server.serve_dir("old/tiny-bin", &fixtures.join("bin"));
+    server.serve_dir("new/tiny-st", &fixtures.join("safetensors"));
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = run(&server.endpoint, home.path(), &train_args("old/tiny-bin", &work.path().join("bin")), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let asked: Vec<String> = server.seen().iter().map(|s| s.path.clone()).collect();
+    for file in ["model.safetensors", "pytorch_model.bin", "tokenizer_config.json", "vocab.txt"] {
+        assert!(asked.iter().any(|p| p.ends_with(&format!("/old/tiny-bin/resolve/main/{file}"))), "{file}: {asked:?}");
+    }
+    let first = server.seen().len();
+    let out = run(&server.endpoint, home.path(), &train_args("old/tiny-bin", &work.path().join("bin2")), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.seen().len(), first, "{:?}", &server.seen()[first..]);
+    let out = run(&server.endpoint, home.path(), &train_args("new/tiny-st", &work.path().join("st")), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let weights = |d: &str| std::fs::read(work.path().join(d).join("model.safetensors")).unwrap();
+    assert_eq!(weights("bin"), weights("st"));
+}

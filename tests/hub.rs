@@ -61,6 +61,7 @@ fn a_hub_id_downloads_trains_and_the_second_run_makes_no_request() {
     let out = run(&server.endpoint, home.path(), &train_args("easynlp-test/minilm-l3", &work.path().join("a")), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let first = server.seen().len();
+    eprintln!("first run: {first} requests: {:?}", server.seen().iter().map(|s| &s.path).collect::<Vec<_>>());
     assert!(first >= 4, "{:?}", server.seen());
     assert_eq!(weights_requests(&server, "easynlp-test/minilm-l3"), 1);
     // Only the files a BERT needs: no tokenizer.json, special_tokens_map.json.

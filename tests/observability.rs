@@ -54,8 +54,11 @@ fn run_ok(args: &[String]) -> String {
     log
 }
 
+/// `(step, lr, loss)` of each training log line, as printed.
+type TrainLines = Vec<(usize, String, String)>;
+
 /// `(step, lr, loss)` of each training log line and `(step, accuracy)` of each evaluation line.
-fn log_values(log: &str) -> (Vec<(usize, String, String)>, Vec<(usize, String)>) {
+fn log_values(log: &str) -> (TrainLines, Vec<(usize, String)>) {
     let (mut train, mut evals) = (Vec::new(), Vec::new());
     for line in log.lines() {
         if let Some(rest) = line.split("step [").nth(1) {

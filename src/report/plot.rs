@@ -165,7 +165,7 @@ fn line_chart<DB: DrawingBackend>(
         .x_desc("step")
         .light_line_style(RGBColor(238, 238, 238))
         .label_style((FONT, 12))
-        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { String::new() })
         .y_label_formatter(&|v| if small { format!("{v:.1e}") } else { format!("{v:.3}") })
         .draw()
         .map_err(failed)?;

@@ -21,7 +21,10 @@ pub mod model;
 pub mod ops;
 pub mod output;
 pub mod persist;
+pub mod report;
 pub mod rng;
+pub mod runlog;
+pub mod tensorboard;
 pub mod train;
 
 pub use cli::run;

@@ -1,34 +1,71 @@
-//! Log lines in EasyNLP's format, `[YYYY-mm-dd HH:MM:SS INFO] message`, on stderr.
+//! Log lines in EasyNLP's format, `[YYYY-mm-dd HH:MM:SS INFO] message`, on stderr, and the
+//! progress bar drawn below them when stderr is a terminal (never otherwise, so logs written to
+//! files and pipes are the log lines alone).
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The bar on the terminal, if one is drawn.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// Logs one informational line.
 pub fn info(msg: impl std::fmt::Display) {
-    clear_progress();
-    eprintln!("[{} INFO] {msg}", timestamp());
+    line("INFO", msg);
 }
 
 /// Logs one warning line.
 pub fn warn(msg: impl std::fmt::Display) {
-    clear_progress();
-    eprintln!("[{} WARNING] {msg}", timestamp());
+    line("WARNING", msg);
 }
 
-/// Draws a one-line progress bar on stderr when it is a terminal.
+fn line(level: &str, msg: impl std::fmt::Display) {
+    let text = format!("[{} {level}] {msg}", timestamp());
+    let bar = BAR.lock().unwrap_or_else(|e| e.into_inner());
+    match bar.as_ref() {
+        // The bar steps aside for the line and is drawn again below it.
+        Some(bar) => bar.suspend(|| eprintln!("{text}")),
+        None => eprintln!("{text}"),
+    }
+}
+
+/// Shows `done` of `total` on the progress bar (with its rate, elapsed time and ETA) and
+/// `label`, when stderr is a terminal; a new `total` starts a new bar, and the bar goes away when
+/// `done` reaches `total`. The rate and ETA count from the first call, so a resumed run's ETA is
+/// that of the steps left.
 pub fn progress(done: usize, total: usize, label: &str) {
-    if !std::io::stderr().is_terminal() || total == 0 {
+    if total == 0 || !std::io::stderr().is_terminal() {
         return;
     }
-    let width = 30;
-    let filled = (done * width / total).min(width);
-    eprint!("\r[{}{}] {done}/{total} {label}\x1b[K", "#".repeat(filled), " ".repeat(width - filled));
+    let mut slot = BAR.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.as_ref().is_none_or(|b| b.length() != Some(total as u64)) {
+        if let Some(old) = slot.take() {
+            old.finish_and_clear();
+        }
+        let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+        bar.set_style(style());
+        bar.set_position(done as u64);
+        bar.reset_eta();
+        *slot = Some(bar);
+    }
+    let bar = slot.as_ref().expect("set above");
+    bar.set_message(label.to_string());
+    bar.set_position(done as u64);
+    if done >= total {
+        bar.finish_and_clear();
+        *slot = None;
+    }
 }
 
-fn clear_progress() {
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[K");
-    }
+/// `[elapsed] [#####     ] done/total  rate/s  ETA eta  label`.
+fn style() -> ProgressStyle {
+    ProgressStyle::with_template("[{elapsed_precise}] [{bar:30}] {pos}/{len} {rate} ETA {eta} {msg}")
+        .expect("a valid template")
+        .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.2}/s", s.per_sec());
+        })
+        .progress_chars("#> ")
 }
 
 /// The current UTC time as `YYYY-mm-dd HH:MM:SS`.

@@ -17,6 +17,8 @@ pub struct EvalReport {
     pub loss: f64,
     /// Number of rows.
     pub rows: usize,
+    /// Row counts by `[label][prediction]` (class indices).
+    pub confusion: Vec<Vec<usize>>,
 }
 
 impl EvalReport {
@@ -42,7 +44,13 @@ impl EvalReport {
             // Single-label micro F1 equals accuracy.
             (None, Some(macro_f1), Some(accuracy))
         };
-        EvalReport { accuracy, f1, macro_f1, micro_f1, loss: loss_sum / n.max(1) as f64, rows: n }
+        let mut confusion = vec![vec![0; num_labels]; num_labels];
+        for (&p, &l) in preds.iter().zip(labels) {
+            if p < num_labels && l < num_labels {
+                confusion[l][p] += 1;
+            }
+        }
+        EvalReport { accuracy, f1, macro_f1, micro_f1, loss: loss_sum / n.max(1) as f64, rows: n, confusion }
     }
 
     /// One human-readable line.
@@ -55,6 +63,17 @@ impl EvalReport {
             s += &format!(", macro-f1 {a:.4}, micro-f1 {b:.4}");
         }
         s + &format!(", eval loss {:.4} ({} rows)", self.loss, self.rows)
+    }
+
+    /// The metrics by EasyNLP's names (`accuracy`, `f1` or `macro-f1` and `micro-f1`) and the
+    /// evaluation loss (`loss`), in that order.
+    pub fn named_metrics(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![("accuracy", self.accuracy)];
+        v.extend(self.f1.map(|f| ("f1", f)));
+        v.extend(self.macro_f1.map(|f| ("macro-f1", f)));
+        v.extend(self.micro_f1.map(|f| ("micro-f1", f)));
+        v.push(("loss", self.loss));
+        v
     }
 
     /// The metrics as a JSON object.
@@ -83,8 +102,10 @@ mod tests {
         assert_eq!(r.accuracy, 0.5);
         assert!((r.f1.unwrap() - 0.5).abs() < 1e-12);
         assert_eq!(r.loss, 0.5);
+        assert_eq!(r.confusion, vec![vec![1, 1], vec![1, 1]]);
         let r = EvalReport::new(&[0, 1, 2, 2], &[0, 1, 2, 1], 3, 0.0);
         assert!((r.macro_f1.unwrap() - (1.0 + 2.0 / 3.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
         assert_eq!(r.micro_f1, Some(0.75));
+        assert_eq!(r.confusion, vec![vec![1, 0, 0], vec![0, 1, 1], vec![0, 0, 1]]);
     }
 }

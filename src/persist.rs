@@ -21,14 +21,16 @@ pub const LOCK_FILE: &str = ".easynlp.lock";
 const SIBLING_TAG: &str = ".easynlp-";
 
 /// An exclusive lock on a directory, held while the value lives. A directory it created that
-/// holds nothing but the lock file when it is dropped (a run that failed before its first save) is
-/// removed again.
+/// holds nothing but the lock file (and entries marked [`DirLock::disposable`]) when it is
+/// dropped (a run that failed before its first save) is removed again.
 pub struct DirLock {
     dir: PathBuf,
     /// `dir` with every symlink resolved: the directory that is swapped (a link stays a link).
     real: PathBuf,
     file: Option<File>,
     created: bool,
+    /// Entries that alone do not make a created directory worth keeping.
+    disposable: Vec<String>,
 }
 
 impl DirLock {
@@ -69,7 +71,14 @@ impl DirLock {
         file.sync_all()?;
         let real = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
         remove_stale_siblings(&real)?;
-        Ok(DirLock { dir: dir.to_path_buf(), real, file: Some(file), created })
+        Ok(DirLock { dir: dir.to_path_buf(), real, file: Some(file), created, disposable: Vec::new() })
+    }
+
+    /// Marks the entry `name` (a file or folder in the directory, such as a log) as not worth
+    /// keeping a directory this lock created for: it goes away with the directory.
+    pub fn disposable(mut self, name: &str) -> Self {
+        self.disposable.push(name.to_string());
+        self
     }
 
     /// The locked directory, as given.
@@ -87,10 +96,18 @@ impl DirLock {
 impl Drop for DirLock {
     fn drop(&mut self) {
         let only_lock = std::fs::read_dir(&self.dir)
-            .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK_FILE))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .all(|e| e.file_name() == LOCK_FILE || self.disposable.iter().any(|d| e.file_name() == d.as_str()))
+            })
             .unwrap_or(false);
         if self.created && only_lock {
             // Still locked while removing, so no other run can be using it.
+            for name in &self.disposable {
+                let _ = std::fs::remove_dir_all(self.dir.join(name));
+                let _ = std::fs::remove_file(self.dir.join(name));
+            }
             let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
             let _ = std::fs::remove_dir(&self.dir);
         }
@@ -363,9 +380,20 @@ mod tests {
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read(target.join("m")).unwrap(), b"2");
         drop(linked);
-        // A directory the lock created and nothing else filled goes away with it.
+        // A directory the lock created and nothing else filled goes away with it, with its
+        // disposable entries; one with anything else stays.
         let fresh = tmp.path().join("fresh");
         drop(DirLock::acquire(&fresh).unwrap());
         assert!(!fresh.exists());
+        let lock = DirLock::acquire(&fresh).unwrap().disposable("log");
+        std::fs::create_dir_all(fresh.join("log")).unwrap();
+        std::fs::write(fresh.join("log/x"), b"1").unwrap();
+        drop(lock);
+        assert!(!fresh.exists());
+        let lock = DirLock::acquire(&fresh).unwrap().disposable("log");
+        std::fs::create_dir_all(fresh.join("log")).unwrap();
+        std::fs::write(fresh.join("m"), b"1").unwrap();
+        drop(lock);
+        assert!(fresh.join("log").is_dir() && fresh.join("m").is_file());
     }
 }

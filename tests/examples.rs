@@ -127,3 +127,45 @@ fn metakd_pipeline_example_runs() {
         assert!(cells[1..].iter().all(|c| c.parse::<f64>().is_ok_and(|a| (0.0..=1.0).contains(&a))), "{row}");
     }
 }
+
+/// The KD sweep on a tiny slice: a teacher, two settings of students (no KD over two seeds, two
+/// KD cells, the best cell's second seed), a report with a heatmap for each; run again, it
+/// skips every finished run.
+#[test]
+fn kd_sweep_example_runs_and_resumes() {
+    let Some(shared) = common::shared_dir("kd_sweep.sh") else { return };
+    let work = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sweep = || {
+        let out = Command::new("bash")
+            .arg(root.join("examples/kd_sweep.sh"))
+            .env("EASYNLP", env!("CARGO_BIN_EXE_easynlp"))
+            .env("EASYNLP_SHARED", &shared)
+            .env("WORK", work.path())
+            .envs([("ROWS", "32"), ("DEV_ROWS", "16"), ("SMALL_ROWS", "16"), ("TEMPERATURES", "1 5")])
+            .envs([("ALPHAS", "0.5"), ("SEEDS", "1 2"), ("TEACHER_EPOCHS", "1"), ("EPOCHS", "1")])
+            .envs([("SEQ_LEN", "32"), ("BATCH", "8"), ("SAVE_STEPS", "2"), ("LOGGING_STEPS", "1")])
+            .output()
+            .unwrap();
+        let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kd_sweep.sh failed:\n{log}");
+        log
+    };
+    let log = sweep();
+    for setting in ["full", "small"] {
+        let md = std::fs::read_to_string(work.path().join(format!("reports/{setting}/report.md"))).unwrap();
+        for run in ["nokd-s1", "nokd-s2", "kd-t1-a0.5-s1", "kd-t5-a0.5-s1"] {
+            assert!(md.contains(&format!("| {run} |")), "{setting}: {run} missing:\n{md}");
+        }
+        assert!(md.contains("| temperature \\ alpha | 0.5 |") && md.contains("Without KD: "), "{md}");
+        assert_eq!(md.matches("-s2 |").count(), 2, "no-KD and the best cell have a second seed:\n{md}");
+        for file in ["report.svg", "report.png"] {
+            assert!(work.path().join(format!("reports/{setting}/{file}")).is_file());
+        }
+        assert!(work.path().join(format!("logs/{setting}-nokd-s1.log")).is_file(), "logs are kept");
+    }
+    assert_eq!(log.matches("\ntrain ").count() + log.starts_with("train ") as usize, 11, "{log}");
+    let again = sweep();
+    assert_eq!(again.matches("skip ").count(), 11, "{again}");
+    assert!(!again.contains("\ntrain "), "{again}");
+}

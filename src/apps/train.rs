@@ -7,7 +7,7 @@ use crate::data::encode::encode_rows;
 use crate::data::labels::LabelSet;
 use crate::data::table::read_table;
 use crate::data::tokenize::BertTokenizer;
-use crate::distill::kd::vanilla_kd_loss;
+use crate::distill::kd::vanilla_kd_terms;
 use crate::distill::logits::read_teacher_logits;
 use crate::job::{initial_params, pretrained_model, RunStart};
 use crate::logging;
@@ -18,9 +18,9 @@ use crate::model::classifier::Classifier;
 use crate::model::config::BertConfig;
 use crate::model::infer::{evaluate_examples, model_outputs};
 use crate::model::params::Params;
-use crate::train::trainer::TrainTask;
+use crate::train::trainer::{Loss, TrainTask};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use std::path::Path;
 
 /// Fine-tuning with cross-entropy, evaluated on the validation table.
@@ -35,14 +35,18 @@ struct ClassifyTask<'a> {
 }
 
 impl TrainTask for ClassifyTask<'_> {
-    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Loss> {
         let model = Classifier::load(self.config, &|n| params.trainable(n))?;
         let logits = model.forward(batch, ctx)?;
         let labels = batch.labels.as_ref().context("training rows need labels")?;
         match (self.kd, &batch.teacher_logits) {
-            (Some((t, alpha)), Some(teacher)) => Ok(vanilla_kd_loss(&logits, teacher, labels, t, alpha)?),
+            (Some((t, alpha)), Some(teacher)) => {
+                let (kd, ce) = vanilla_kd_terms(&logits, teacher, labels, t, alpha)?;
+                let total = (&kd + &ce)?;
+                Ok(Loss { total, parts: vec![("kd_loss", kd.detach()), ("ce_loss", ce.detach())] })
+            }
             (Some(_), None) => bail!("KD batch without teacher logits"),
-            (None, _) => Ok(candle_nn::loss::cross_entropy(&logits, labels)?),
+            (None, _) => Ok(candle_nn::loss::cross_entropy(&logits, labels)?.into()),
         }
     }
 

@@ -2,8 +2,9 @@
 //! only place that starts work from flags.
 
 use crate::config::args::{Args, Mode};
+use crate::config::report::ReportConfig;
 use crate::config::run::{PrepConfig, RunConfig};
-use crate::{apps, metakd};
+use crate::{apps, metakd, report};
 use anyhow::{bail, Result};
 
 /// A validated invocation: a text-app run, or a Meta-KD data-preparation step.
@@ -13,12 +14,16 @@ pub enum Invocation {
     Text(Box<RunConfig>),
     /// metakd_split, metakd_embeddings, metakd_weights or metakd_dev.
     MetakdPrep(Box<PrepConfig>),
+    /// report.
+    Report(ReportConfig),
 }
 
 impl Invocation {
     /// Validates the flags for the chosen mode.
     pub fn from_args(args: Args) -> Result<Self> {
-        if args.mode.is_metakd_prep() {
+        if args.mode == Mode::Report {
+            Ok(Invocation::Report(ReportConfig::from_args(&args)?))
+        } else if args.mode.is_metakd_prep() {
             Ok(Invocation::MetakdPrep(Box::new(PrepConfig::from_args(args)?)))
         } else {
             Ok(Invocation::Text(Box::new(RunConfig::from_args(args)?)))
@@ -42,6 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     match Invocation::from_args(args)? {
         Invocation::Text(cfg) => run_text(&cfg),
         Invocation::MetakdPrep(prep) => run_prep(&prep),
+        Invocation::Report(cfg) => report::run(&cfg.runs, &cfg.outputs),
     }
 }
 

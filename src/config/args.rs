@@ -25,6 +25,10 @@ pub enum Mode {
     /// Meta-KD step 4: a dev/test split in the Meta-KD table layout, with weight 0.
     #[value(name = "metakd_dev")]
     MetakdDev,
+    /// Draw the logs of training runs (`--checkpoint_dir=a,b,c`) into `--outputs`/report.svg,
+    /// report.png and report.md: loss, learning rate and metrics against step, confusion matrices,
+    /// a KD temperature x alpha heatmap.
+    Report,
 }
 
 impl Mode {
@@ -43,6 +47,7 @@ impl Mode {
             Mode::MetakdEmbeddings => "metakd_embeddings",
             Mode::MetakdWeights => "metakd_weights",
             Mode::MetakdDev => "metakd_dev",
+            Mode::Report => "report",
         }
     }
 }
@@ -54,7 +59,7 @@ impl Mode {
 #[command(name = "easynlp", version, about, long_about = None, max_term_width = 110, args_override_self = true)]
 pub struct Args {
     /// Pipeline to run: train, evaluate or predict; or a Meta-KD data-preparation step:
-    /// metakd_split, metakd_embeddings, metakd_weights, metakd_dev.
+    /// metakd_split, metakd_embeddings, metakd_weights, metakd_dev; or report (plots of training runs).
     #[arg(long, value_enum, default_value = "train")]
     pub mode: Mode,
 
@@ -69,7 +74,7 @@ pub struct Args {
     pub tables: Option<String>,
 
     /// Predict: the output file (written atomically). Evaluate: where the metrics JSON goes. Meta-KD
-    /// steps: the output table (metakd_split: the output folder).
+    /// steps: the output table (metakd_split: the output folder). Report: the output folder.
     #[arg(long)]
     pub outputs: Option<String>,
 
@@ -102,7 +107,8 @@ pub struct Args {
     #[arg(long = "append_cols")]
     pub append_cols: Option<String>,
 
-    /// Train: the output directory. Evaluate/predict: the checkpoint to load.
+    /// Train: the output directory (with TensorBoard logs and metrics.jsonl in its log/). Evaluate/predict:
+    /// the checkpoint to load. Report: comma-separated checkpoint directories of training runs.
     #[arg(long = "checkpoint_dir", visible_alias = "checkpoint_path")]
     pub checkpoint_dir: Option<String>,
 

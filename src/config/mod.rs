@@ -5,5 +5,6 @@
 pub mod args;
 pub mod kd;
 pub mod metakd;
+pub mod report;
 pub mod run;
 pub mod udp;

@@ -13,12 +13,24 @@ pub fn vanilla_kd_loss(
     temperature: f64,
     alpha: f64,
 ) -> candle_core::Result<Tensor> {
+    let (kd, ce) = vanilla_kd_terms(student, teacher, labels, temperature, alpha)?;
+    kd + ce
+}
+
+/// The two terms of [`vanilla_kd_loss`]: `(alpha * T^2 * KL, (1 - alpha) * CE)`.
+pub fn vanilla_kd_terms(
+    student: &Tensor,
+    teacher: &Tensor,
+    labels: &Tensor,
+    temperature: f64,
+    alpha: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let batch = student.dim(0)? as f64;
     let log_s = log_softmax(&(student / temperature)?, 1)?;
     let log_t = log_softmax(&(teacher.detach() / temperature)?, 1)?;
     let kl = (log_t.exp()? * (log_t - log_s)?)?.sum_all()?.affine(1.0 / batch, 0.0)?;
     let ce = candle_nn::loss::cross_entropy(student, labels)?;
-    kl.affine(alpha * temperature * temperature, 0.0)? + ce.affine(1.0 - alpha, 0.0)?
+    Ok((kl.affine(alpha * temperature * temperature, 0.0)?, ce.affine(1.0 - alpha, 0.0)?))
 }
 
 #[cfg(test)]
@@ -49,6 +61,11 @@ mod tests {
         for (temp, alpha, want) in expected {
             let got = vanilla_kd_loss(&s, &t, &y, temp, alpha).unwrap().to_scalar::<f32>().unwrap() as f64;
             assert!((got - want).abs() < 1e-5, "T={temp} alpha={alpha}: {got} vs {want}");
+            let (kd, ce) = vanilla_kd_terms(&s, &t, &y, temp, alpha).unwrap();
+            let (kd, ce) = (kd.to_scalar::<f32>().unwrap() as f64, ce.to_scalar::<f32>().unwrap() as f64);
+            // The CE term alone is (1 - alpha) * CE, CE being the alpha = 0 value.
+            assert!((ce - (1.0 - alpha) * 1.458_520_118_776_314_4).abs() < 1e-5, "T={temp} alpha={alpha}: {ce}");
+            assert!((kd + ce - want).abs() < 1e-5);
         }
     }
 

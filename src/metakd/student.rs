@@ -36,7 +36,7 @@ use crate::model::infer::model_outputs;
 use crate::model::infer::{check_sequence_length, evaluate_examples};
 use crate::model::params::Params;
 use crate::rng::Rng;
-use crate::train::trainer::TrainTask;
+use crate::train::trainer::{Loss, TrainTask};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use std::path::Path;
@@ -86,16 +86,34 @@ pub fn stage1_instance_losses(
     fit: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
     domain_loss_weight: f64,
 ) -> candle_core::Result<Tensor> {
+    Ok(stage1_instance_terms(map, student, teacher, fit, domain_loss_weight)?.0)
+}
+
+/// [`stage1_instance_losses`] and its terms `[B]` (no gradient): `att_loss`, `rep_loss` and
+/// `domain_loss` (`dlw * dom_i`).
+pub fn stage1_instance_terms(
+    map: &LayerMap,
+    student: (&EncoderOutput, &Tensor),
+    teacher: (&EncoderOutput, &Tensor),
+    fit: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    domain_loss_weight: f64,
+) -> candle_core::Result<(Tensor, Vec<(&'static str, Tensor)>)> {
     let (s_out, s_dom) = student;
     let (t_out, t_dom) = teacher;
-    let mut l = per_instance_mse(&fit(s_dom)?, t_dom)?.affine(domain_loss_weight, 0.0)?;
+    let dom = per_instance_mse(&fit(s_dom)?, t_dom)?.affine(domain_loss_weight, 0.0)?;
+    let mut l = dom.clone();
+    let (mut att, mut rep) = (dom.zeros_like()?, dom.zeros_like()?);
     for &(s, t) in &map.attention {
-        l = (l + per_instance_mse(&s_out.attentions[s], &t_out.attentions[t])?)?;
+        let term = per_instance_mse(&s_out.attentions[s], &t_out.attentions[t])?;
+        att = (att + term.detach())?;
+        l = (l + term)?;
     }
     for &(s, t) in &map.hidden {
-        l = (l + per_instance_mse(&fit(&s_out.hidden_states[s])?, &t_out.hidden_states[t])?)?;
+        let term = per_instance_mse(&fit(&s_out.hidden_states[s])?, &t_out.hidden_states[t])?;
+        rep = (rep + term.detach())?;
+        l = (l + term)?;
     }
-    Ok(l)
+    Ok((l, vec![("att_loss", att), ("rep_loss", rep), ("domain_loss", dom.detach())]))
 }
 
 /// The stage-2 loss `mean_i sum_c -softmax(t_i/T)_c * log_softmax(s_i/T)_c` (no `T^2` factor).
@@ -211,6 +229,21 @@ pub fn stage1_loss(
     domain_loss_weight: f64,
     ctx: &ForwardCtx,
 ) -> Result<Tensor> {
+    Ok(stage1_terms(teacher_cfg, teacher, cfg, params, map, batch, domain_loss_weight, ctx)?.total)
+}
+
+/// [`stage1_loss`] with its terms (`att_loss`, `rep_loss`, `domain_loss`), weighted like it.
+#[allow(clippy::too_many_arguments)]
+fn stage1_terms(
+    teacher_cfg: &BertConfig,
+    teacher: &Params,
+    cfg: &BertConfig,
+    params: &Params,
+    map: &LayerMap,
+    batch: &Batch,
+    domain_loss_weight: f64,
+    ctx: &ForwardCtx,
+) -> Result<Loss> {
     let device = batch.input_ids.device();
     let labels = batch.labels.as_ref().context("training rows need labels")?;
     let tags = batch.domains.as_ref().context("student batch without domains")?;
@@ -225,14 +258,16 @@ pub fn stage1_loss(
     let student = DomainModel::load(cfg, &|n| params.trainable(n))?;
     let fit = Linear::load(&|n| params.trainable(n), FIT_DENSE)?;
     let (_, s_out, s_dom) = student.forward(batch, &ids, ctx)?;
-    let l = stage1_instance_losses(map, (&s_out, &s_dom), (&t_out, &t_dom), &|x| fit.forward(x), domain_loss_weight)?;
-    Ok(weighted_mean(&l, &f)?)
+    let (l, parts) =
+        stage1_instance_terms(map, (&s_out, &s_dom), (&t_out, &t_dom), &|x| fit.forward(x), domain_loss_weight)?;
+    let parts = parts.into_iter().map(|(n, p)| Ok((n, weighted_mean(&p, &f)?))).collect::<Result<_>>()?;
+    Ok(Loss { total: weighted_mean(&l, &f)?, parts })
 }
 
 impl TrainTask for StudentTask<'_> {
-    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Loss> {
         match self.meta.stage {
-            Stage::First => stage1_loss(
+            Stage::First => stage1_terms(
                 &self.teacher.config,
                 &self.teacher.params,
                 self.config,
@@ -246,7 +281,7 @@ impl TrainTask for StudentTask<'_> {
                 let teacher = batch.teacher_logits.as_ref().context("student batch without teacher logits")?;
                 let model = Classifier::load(self.config, &|n| params.trainable(n))?;
                 let logits = model.forward(batch, ctx)?;
-                Ok(soft_cross_entropy(&logits, teacher, self.meta.temperature)?)
+                Ok(soft_cross_entropy(&logits, teacher, self.meta.temperature)?.into())
             }
         }
     }

@@ -31,7 +31,7 @@ use crate::model::classifier::{Classifier, ACTIVATION_KEY};
 use crate::model::config::BertConfig;
 use crate::model::params::Params;
 use crate::rng::Rng;
-use crate::train::trainer::TrainTask;
+use crate::train::trainer::{Loss, TrainTask};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -106,14 +106,29 @@ pub fn meta_teacher_loss(
     domain_loss_weight: f64,
     weights: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    let mut l = per_instance_ce(logits, labels)?;
-    if let Some((domain_logits, corrupted)) = domain {
-        l = (l + per_instance_ce(domain_logits, corrupted)?.affine(domain_loss_weight, 0.0)?)?;
-    }
-    match weights {
+    Ok(meta_teacher_terms(logits, labels, domain, domain_loss_weight, weights)?.total)
+}
+
+/// [`meta_teacher_loss`] with its terms, weighted like it (they sum to it): `ce_loss` and
+/// `domain_loss` (`dlw * CE(domain)`), when there is a domain loss.
+pub fn meta_teacher_terms(
+    logits: &Tensor,
+    labels: &Tensor,
+    domain: Option<(&Tensor, &Tensor)>,
+    domain_loss_weight: f64,
+    weights: Option<&Tensor>,
+) -> candle_core::Result<Loss> {
+    let mean = |l: &Tensor| match weights {
         Some(w) => (l * w)?.mean(0),
         None => l.mean(0),
-    }
+    };
+    let ce = per_instance_ce(logits, labels)?;
+    let Some((domain_logits, corrupted)) = domain else {
+        return Ok(mean(&ce)?.into());
+    };
+    let dom = per_instance_ce(domain_logits, corrupted)?.affine(domain_loss_weight, 0.0)?;
+    let total = mean(&(&ce + &dom)?)?;
+    Ok(Loss { total, parts: vec![("ce_loss", mean(&ce.detach())?), ("domain_loss", mean(&dom.detach())?)] })
 }
 
 /// Domain corruption: the batch's domain ids under a random permutation drawn from `seed`
@@ -196,7 +211,7 @@ struct MetaTeacherTask<'a> {
 }
 
 impl TrainTask for MetaTeacherTask<'_> {
-    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor> {
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Loss> {
         let labels = batch.labels.as_ref().context("training rows need labels")?;
         let tags = batch.domains.as_ref().context("meta-teacher batch without domains")?;
         let domain_ids: Vec<u32> = tags.iter().map(|t| t.domain).collect();
@@ -214,11 +229,11 @@ impl TrainTask for MetaTeacherTask<'_> {
             let seed = ctx.dropout_seed(1.0).unwrap_or(self.seed);
             let corrupted = Tensor::new(corrupt_domains(&domain_ids, seed).as_slice(), &self.device)?;
             let (logits, domain_logits) = model.forward(batch, &ids, ctx)?;
-            Ok(meta_teacher_loss(&logits, labels, Some((&domain_logits, &corrupted)), dlw, weights.as_ref())?)
+            Ok(meta_teacher_terms(&logits, labels, Some((&domain_logits, &corrupted)), dlw, weights.as_ref())?)
         } else {
             let model = Classifier::load(self.config, &|n| params.trainable(n))?;
             let logits = model.forward(batch, ctx)?;
-            Ok(meta_teacher_loss(&logits, labels, None, dlw, weights.as_ref())?)
+            Ok(meta_teacher_terms(&logits, labels, None, dlw, weights.as_ref())?)
         }
     }
 

@@ -4,16 +4,19 @@
 //! `--checkpoint_dir` holds the best model as a Hugging Face directory (`config.json`,
 //! `model.safetensors`, tokenizer files, `label_mapping.json`, `train_config.json`), the
 //! `model_step_N.safetensors` copies of `--save_all_checkpoints`, the latest training state in
-//! `latest/` (`model.safetensors`, `optimizer.safetensors`, `trainer_state.json`) and, while a run
-//! trains into it, the lock file. Every save point replaces the whole directory at once
-//! ([`crate::persist`]), so a kill at any instant leaves one complete version.
+//! `latest/` (`model.safetensors`, `optimizer.safetensors`, `trainer_state.json`), the run's log
+//! folder `log/` ([`crate::runlog`]) and, while a run trains into it, the lock file. Every save
+//! point replaces the whole directory at once ([`crate::persist`]), so a kill at any instant
+//! leaves one complete version; the log's files, appended between save points, are the same
+//! files in every version (hard links).
 
 use super::trainer::{Checkpoints, Snapshot, TrainState};
 use crate::data::labels::LabelSet;
 use crate::logging;
-use crate::model::checkpoint::save_metadata;
+use crate::model::checkpoint::{classifier_config_json, save_metadata};
 use crate::model::config::BertConfig;
 use crate::persist::{DirLock, DirTxn};
+use crate::runlog::{RunLog, LOG_DIR};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -64,7 +67,8 @@ impl<'a> CheckpointWriter<'a> {
         fingerprint: &[(String, String)],
     ) -> Self {
         CheckpointWriter {
-            lock,
+            // A run that fails before its first save leaves no directory, log or not.
+            lock: lock.disposable(LOG_DIR),
             config,
             labels,
             model_dir: model_dir.to_path_buf(),
@@ -112,16 +116,39 @@ impl CheckpointWriter<'_> {
     }
 
     /// Resuming from another directory: the best model so far comes along, so that this one
-    /// holds a complete model even if the rest of the run never improves on it.
+    /// holds a complete model even if the rest of the run never improves on it, and so does the
+    /// log of the run so far (copied: this run appends to it).
     pub fn adopt_best_model(&self, from: &Path) -> Result<()> {
+        if same_dir(from, self.dir()) {
+            return Ok(());
+        }
         let best = from.join(WEIGHTS);
-        if !best.is_file() || same_dir(from, self.dir()) {
+        let log = from.join(LOG_DIR);
+        let log_files: Vec<PathBuf> = match std::fs::read_dir(&log) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect(),
+            Err(_) => Vec::new(),
+        };
+        if !best.is_file() && log_files.is_empty() {
             return Ok(());
         }
         let txn = self.begin()?;
-        txn.link(WEIGHTS, &best)?;
+        if best.is_file() {
+            txn.link(WEIGHTS, &best)?;
+        }
+        for file in &log_files {
+            let name = file.file_name().expect("a listed file").to_string_lossy();
+            txn.write_with(&format!("{LOG_DIR}/{name}"), |p| {
+                std::fs::copy(file, p).map(drop).with_context(|| format!("cannot copy {}", file.display()))
+            })?;
+        }
         self.commit(txn)?;
-        logging::info(format!("copied the best model so far from {} into {}", from.display(), self.dir().display()));
+        if best.is_file() {
+            logging::info(format!(
+                "copied the best model so far from {} into {}",
+                from.display(),
+                self.dir().display()
+            ));
+        }
         Ok(())
     }
 }
@@ -158,6 +185,16 @@ impl Checkpoints for CheckpointWriter<'_> {
 
     fn location(&self) -> &Path {
         self.dir()
+    }
+
+    /// `log/` in the checkpoint directory, with the run's flags (`train_config.json`) and the
+    /// model's `config.json` as the texts `config/training` and `config/model_config`.
+    fn run_log(&self, state: &TrainState, resumed: bool) -> Result<Option<RunLog>> {
+        let texts = [
+            ("config/training", serde_json::to_string_pretty(&self.train_config)?),
+            ("config/model_config", serde_json::to_string_pretty(&classifier_config_json(self.config, self.labels))?),
+        ];
+        Ok(Some(RunLog::open(self.lock.real_dir(), state.global_step, resumed, &texts)?))
     }
 }
 

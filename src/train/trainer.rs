@@ -10,6 +10,7 @@ use crate::metrics::EvalReport;
 use crate::model::bert::ForwardCtx;
 use crate::model::params::Params;
 use crate::rng::Rng;
+use crate::runlog::{now, RunLog, TrainRecord};
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
@@ -149,10 +150,25 @@ pub struct Snapshot<'a> {
     pub step_copy: bool,
 }
 
+/// The training loss of one batch: the scalar to minimise and, for the logs, the named terms it
+/// is the sum of (scalars, no gradient needed), if it has terms.
+pub struct Loss {
+    /// The loss.
+    pub total: Tensor,
+    /// `(name, term)`: `kd_loss`, `ce_loss`, ...
+    pub parts: Vec<(&'static str, Tensor)>,
+}
+
+impl From<Tensor> for Loss {
+    fn from(total: Tensor) -> Self {
+        Loss { total, parts: Vec::new() }
+    }
+}
+
 /// What the loop needs from an application.
 pub trait TrainTask {
-    /// The training loss of one batch (a scalar tensor).
-    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Tensor>;
+    /// The training loss of one batch.
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Loss>;
     /// Validation metrics, or None when the run does not evaluate.
     fn evaluate(&self, params: &Params) -> Result<Option<EvalReport>>;
 }
@@ -165,6 +181,41 @@ pub trait Checkpoints {
     fn save_all(&self) -> bool;
     /// Where the state is saved (for the resume hint).
     fn location(&self) -> &std::path::Path;
+    /// The run's log folder, opened for a process that starts with `state` (None: no log).
+    fn run_log(&self, _state: &TrainState, _resumed: bool) -> Result<Option<RunLog>> {
+        Ok(None)
+    }
+}
+
+/// The mean loss (and its terms) since the start of the epoch, as the log lines print it.
+#[derive(Default)]
+struct RunningLoss {
+    sum: f64,
+    n: usize,
+    parts: Vec<(&'static str, f64)>,
+}
+
+impl RunningLoss {
+    fn add(&mut self, loss: f64, parts: &[(&'static str, f64)]) {
+        self.sum += loss;
+        self.n += 1;
+        for (name, v) in parts {
+            match self.parts.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += v,
+                None => self.parts.push((name, *v)),
+            }
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.n.max(1) as f64
+    }
+
+    /// `("loss", mean)` and each term's mean.
+    fn means(&self) -> Vec<(&'static str, f64)> {
+        let n = self.n.max(1) as f64;
+        std::iter::once(("loss", self.mean())).chain(self.parts.iter().map(|(k, v)| (*k, v / n))).collect()
+    }
 }
 
 /// Trains `params` on `examples`, saving to `checkpoints`; `resume` continues a saved state.
@@ -219,8 +270,9 @@ pub fn train(
     ));
     let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
     let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
-    let (mut loss_sum, mut loss_n) = (0f64, 0usize);
+    let mut running = RunningLoss::default();
     let (mut window_rows, mut window_start) = (0usize, Instant::now());
+    let mut log = checkpoints.run_log(&state, saved_step.is_some())?;
     stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
     while state.global_step < plan.total_steps {
         let (epoch, step_in_epoch) = plan.locate(state.global_step);
@@ -228,7 +280,7 @@ pub fn train(
             let mut rng = Rng::new(s.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37_79B9));
             order = Some((epoch, bucketed_batches(&lengths, s.batch_size, Some(&mut rng))));
             // The logged loss is the mean since the start of the epoch, as in EasyNLP.
-            (loss_sum, loss_n) = (0.0, 0);
+            running = RunningLoss::default();
         }
         let batches = &order.as_ref().expect("set above").1;
         let group = plan.micro_batches(step_in_epoch);
@@ -240,13 +292,14 @@ pub fn train(
             // Dropout keyed by the micro-batch's place in the run, so a resumed run draws the same masks.
             let micro = (epoch * plan.batches_per_epoch + pos + 1) as u64;
             let ctx = ForwardCtx::train(s.seed ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03));
-            let loss = task.loss(params, &batch, &ctx)?;
-            let loss_value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let Loss { total: loss, parts } = task.loss(params, &batch, &ctx)?;
+            let loss_value = scalar(&loss)?;
             if !loss_value.is_finite() {
                 bail!("training diverged: loss is {loss_value} at optimizer step {}", opt.steps + 1);
             }
-            loss_sum += loss_value;
-            loss_n += 1;
+            let parts: Vec<(&'static str, f64)> =
+                parts.iter().map(|(n, t)| Ok((*n, scalar(t)?))).collect::<Result<_>>()?;
+            running.add(loss_value, &parts);
             window_rows += batch.size;
             let grads = loss.backward()?;
             acc = Some(match acc.take() {
@@ -263,18 +316,33 @@ pub fn train(
         drop(grads);
         state.global_step = opt.steps;
         (state.epoch, state.next_micro_batch) = plan.cursor(state.global_step);
-        logging::progress(opt.steps, plan.total_steps, &format!("loss {:.4}", loss_sum / loss_n.max(1) as f64));
+        logging::progress(opt.steps, plan.total_steps, &format!("loss {:.4}", running.mean()));
+        if let Some(log) = &mut log {
+            log.step(opt.steps, lr, &running.means())?;
+        }
         if opt.steps.is_multiple_of(s.logging_steps.max(1)) {
             let secs = window_start.elapsed().as_secs_f64();
+            let rate = window_rows as f64 / secs.max(1e-9);
             logging::info(format!(
-                "Epoch [{}/{}], step [{}/{}], lr {lr:.6}, loss {:.4}, {:.1} examples/s",
+                "Epoch [{}/{}], step [{}/{}], lr {lr:.6}, loss {:.4}, {rate:.1} examples/s",
                 epoch + 1,
                 plan.epochs,
                 opt.steps,
                 plan.total_steps,
-                loss_sum / loss_n.max(1) as f64,
-                window_rows as f64 / secs.max(1e-9)
+                running.mean(),
             ));
+            if let Some(log) = &mut log {
+                log.train_line(TrainRecord {
+                    step: opt.steps,
+                    epoch: epoch + 1,
+                    total_steps: plan.total_steps,
+                    lr,
+                    loss: running.mean(),
+                    parts: running.means().into_iter().skip(1).map(|(k, v)| (k.to_string(), v)).collect(),
+                    examples_per_sec: rate,
+                    wall_time: now(),
+                })?;
+            }
             (window_rows, window_start) = (0, Instant::now());
         }
         let epoch_end = state.epoch != epoch || state.global_step == plan.total_steps;
@@ -286,7 +354,7 @@ pub fn train(
             logging::info(format!("epoch {} done", epoch + 1));
         }
         if evaluate_now {
-            evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
+            evaluate_and_keep((task, checkpoints), params, &opt, &mut state, (&mut log, epoch + 1))?;
             saved_step = Some(state.global_step);
         } else if epoch_end {
             checkpoints.save(&Snapshot {
@@ -296,14 +364,26 @@ pub fn train(
                 new_best: false,
                 step_copy: false,
             })?;
+            sync_log(&log)?;
             saved_step = Some(state.global_step);
         }
         stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
     }
     if state.last_eval_step != Some(state.global_step) {
-        evaluate_and_keep((task, checkpoints), params, &opt, &mut state)?;
+        let epoch = plan.locate(state.global_step.max(1) - 1).0 + 1;
+        evaluate_and_keep((task, checkpoints), params, &opt, &mut state, (&mut log, epoch))?;
     }
     Ok(state)
+}
+
+/// A loss as an `f64`.
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Makes the log durable along with a save point.
+fn sync_log(log: &Option<RunLog>) -> Result<()> {
+    log.as_ref().map_or(Ok(()), RunLog::sync)
 }
 
 /// After a signal: saves the latest state (unless saved at this step already), says how to
@@ -332,12 +412,14 @@ fn stop_if_interrupted(
 }
 
 /// Evaluates and saves the latest state, as the new best when the accuracy beats the best so far
-/// (always when there is no evaluation).
+/// (always when there is no evaluation); the evaluation goes to the run's log (in epoch `epoch`,
+/// 1-based) before the save, so a save point never lacks it.
 fn evaluate_and_keep(
     (task, checkpoints): (&dyn TrainTask, &dyn Checkpoints),
     params: &Params,
     opt: &Optimizer,
     state: &mut TrainState,
+    (log, epoch): (&mut Option<RunLog>, usize),
 ) -> Result<()> {
     state.last_eval_step = Some(opt.steps);
     let report = task.evaluate(params)?;
@@ -353,8 +435,12 @@ fn evaluate_and_keep(
         }
         None => true,
     };
+    if let (Some(log), Some(report)) = (log.as_mut(), &report) {
+        log.evaluation(opt.steps, epoch, report, new_best)?;
+    }
     let step_copy = report.is_some() && checkpoints.save_all();
     checkpoints.save(&Snapshot { params, optimizer: opt, state, new_best, step_copy })?;
+    sync_log(log)?;
     if let (true, Some(report)) = (new_best, &report) {
         logging::info(format!("new best accuracy {:.4}: checkpoint saved", report.accuracy));
     }

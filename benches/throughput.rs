@@ -103,8 +103,10 @@ fn forward_flops(cfg: &BertConfig, seq: usize) -> f64 {
     cfg.num_hidden_layers as f64 * seq as f64 * (8.0 * h * h + 4.0 * h * i + 4.0 * seq as f64 * h)
 }
 
-/// Child: one fixed-shape case, `train` or `infer`.
-fn step_case(model: &str, seq: usize, mode: &str, steps: usize) -> Value {
+/// Child: one fixed-shape case, `train` or `infer`, in `precision` (`f32`, `bf16`, `int8`).
+fn step_case(model: &str, seq: usize, mode: &str, steps: usize, precision: &str) -> Value {
+    let precision = easynlp::ops::Precision::parse(precision).expect("precision f32, bf16 or int8");
+    easynlp::ops::precision::set_global(precision);
     let (cfg, params, _) = load(model);
     let b = full_batch(seq, cfg.vocab_size);
     let mut opt = Optimizer::new(&params, OptimizerKind::AdamW, 1e-4);
@@ -258,7 +260,13 @@ fn main() {
     let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if argv.first().map(String::as_str) == Some("--case") {
         let v = match argv[1].as_str() {
-            "step" => step_case(&argv[2], argv[3].parse().unwrap(), &argv[4], argv[5].parse().unwrap()),
+            "step" => step_case(
+                &argv[2],
+                argv[3].parse().unwrap(),
+                &argv[4],
+                argv[5].parse().unwrap(),
+                argv.get(6).map_or("f32", String::as_str),
+            ),
             "table" => {
                 let cols: Vec<usize> = argv[4].split(',').map(|c| c.parse().unwrap()).collect();
                 table_case(&argv[2], Path::new(&argv[3]), &cols)

@@ -14,14 +14,17 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod attention;
+pub mod bf16;
 pub mod dropout;
 pub mod encoder_layer;
 pub mod first_position;
 mod gelu;
 mod head_matmul;
+pub mod int8;
 mod layer_norm;
 pub mod linear;
 mod math;
+pub mod precision;
 pub mod reference;
 mod softmax;
 pub(crate) mod util;
@@ -33,4 +36,5 @@ pub use first_position::encoder_layer_first_position;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use precision::Precision;
 pub use softmax::attention_softmax;

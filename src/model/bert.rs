@@ -7,7 +7,7 @@ use crate::ops::Precision;
 use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor, D};
 use std::cell::RefCell;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Gets a weight tensor by its full name (`bert.encoder.layer.0...`).
 pub type WeightFn<'a> = dyn Fn(&str) -> anyhow::Result<Tensor> + 'a;
@@ -115,8 +115,9 @@ struct Layer {
     /// The flat parameters of the fused layer op, kept after their first use when no weight
     /// tracks gradients.
     frozen_flat: OnceLock<Tensor>,
-    /// Frozen weights prepared for bf16 / int8 products, built at their first use.
-    frozen_low: OnceLock<Arc<LayerWeights>>,
+    /// Frozen weights prepared for bf16 / int8 products, built at their first use in that
+    /// precision.
+    frozen_low: Mutex<Option<(Precision, Arc<LayerWeights>)>>,
 }
 
 impl Layer {
@@ -151,13 +152,12 @@ impl Layer {
         if precision == Precision::F32 || flat.track_op() {
             return Ok(LayerPrecision { precision, weights: None });
         }
-        if let Some(w) = self.frozen_low.get() {
-            return Ok(LayerPrecision { precision, weights: Some(w.clone()) });
+        let mut cache = self.frozen_low.lock().expect("not poisoned");
+        if let Some((p, w)) = cache.as_ref().filter(|(p, _)| *p == precision) {
+            return Ok(LayerPrecision { precision: *p, weights: Some(w.clone()) });
         }
         let weights = LayerWeights::new(precision, flat, cfg.hidden_size, cfg.intermediate_size)?.map(Arc::new);
-        if let Some(w) = &weights {
-            let _ = self.frozen_low.set(w.clone());
-        }
+        *cache = weights.clone().map(|w| (precision, w));
         Ok(LayerPrecision { precision, weights })
     }
 }
@@ -194,7 +194,7 @@ impl Bert {
                 out: Linear::load(get, &format!("{p}.output.dense"))?,
                 out_norm: LayerNorm::load(get, &format!("{p}.output.LayerNorm"), eps)?,
                 frozen_flat: OnceLock::new(),
-                frozen_low: OnceLock::new(),
+                frozen_low: Mutex::new(None),
             });
         }
         Ok(Bert {

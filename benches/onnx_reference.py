@@ -85,7 +85,7 @@ def cmd_step(args):
         times.append(time.perf_counter() - t0)
     total = sum(times)
     return {"examples_per_s": args.batch * args.steps / total, "seconds_per_step": total / args.steps,
-            "threads": args.threads, "onnx": os.path.basename(args.onnx), "onnxruntime": ort.__version__}
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "threads": args.threads, "onnx": os.path.basename(args.onnx), "onnxruntime": ort.__version__}
 
 
 def main():

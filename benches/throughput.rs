@@ -246,7 +246,12 @@ fn onnx_step(model: &str, seq: usize, steps: usize) -> Option<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/onnx_reference.py");
     let int8 = std::env::temp_dir().join("easynlp-bench-minilm-l3-int8.onnx");
     if !int8.is_file() {
-        let q = Command::new(&python).arg(&script).args(["quantize", "--onnx", &f32_onnx, "--out"]).arg(&int8).output().ok()?;
+        let q = Command::new(&python)
+            .arg(&script)
+            .args(["quantize", "--onnx", &f32_onnx, "--out"])
+            .arg(&int8)
+            .output()
+            .ok()?;
         if !q.status.success() {
             eprintln!("onnx quantize failed: {}", String::from_utf8_lossy(&q.stderr));
             return None;
@@ -256,7 +261,12 @@ fn onnx_step(model: &str, seq: usize, steps: usize) -> Option<Value> {
         .arg(script)
         .args(["step", "--onnx"])
         .arg(&int8)
-        .args([format!("--batch={BATCH}"), format!("--seq={seq}"), format!("--steps={steps}"), format!("--threads={}", threads())])
+        .args([
+            format!("--batch={BATCH}"),
+            format!("--seq={seq}"),
+            format!("--steps={steps}"),
+            format!("--threads={}", threads()),
+        ])
         .output()
         .ok()?;
     if !out.status.success() {

@@ -143,6 +143,7 @@ pub struct LayerDropout {
 /// Runs one encoder layer on `x` `[B, L, H]` with the additive `mask_bias` `[B, L]` and the flat
 /// parameters of [`LayerParams::flatten`]; `intermediate` is the feed-forward size. f32 CPU only
 /// (see [`super::attention::supported`]).
+#[allow(clippy::too_many_arguments)]
 pub fn encoder_layer(
     x: &Tensor,
     mask_bias: &Tensor,

@@ -13,6 +13,7 @@ use super::encoder_layer::{EncoderLayer, LayerDropout, LayerPrecision, Post};
 use super::util;
 
 /// [`super::encoder_layer()`] for the first position of the output only: `[B, 1, H]`.
+#[allow(clippy::too_many_arguments)]
 pub fn encoder_layer_first_position(
     x: &Tensor,
     mask_bias: &Tensor,

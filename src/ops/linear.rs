@@ -244,9 +244,3 @@ mod tests {
         assert_eq!(y, [1.5, 2.5, 4.5, 5.5]);
     }
 }
-
-/// [`forward`], public for the speed probes in `examples/`.
-#[doc(hidden)]
-pub fn forward_f32_for_bench(x: &[f32], w: &[f32], b: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    forward(x, w, b, out, inp)
-}

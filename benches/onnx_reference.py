@@ -60,7 +60,7 @@ def cmd_predict(args):
         enc = tok(texts[i:i + args.batch], padding=True, truncation=True, max_length=args.seq, return_tensors="np")
         out = sess.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
                               "attention_mask": enc["attention_mask"].astype(np.int64)})
-        checksum += float(out[0][:, 0, 0].sum())
+        checksum += float(out[-1].reshape(out[-1].shape[0], -1)[:, 0].sum())
     seconds = time.perf_counter() - t0
     log(f"predict: {len(texts)} rows in {seconds:.3f}s (checksum {checksum:.4f})")
     return {"rows": len(texts), "seconds": seconds, "examples_per_s": len(texts) / seconds,

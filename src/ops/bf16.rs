@@ -91,7 +91,7 @@ impl<'a> View<'a> {
     fn rounded(&self) -> Vec<f32> {
         let (r, c) = self.dims;
         let mut out = vec![0f32; r * c];
-        out.par_chunks_mut(c.max(1)).enumerate().for_each(|(i, row)| {
+        out.par_chunks_mut(c.max(1)).with_min_len(16).enumerate().for_each(|(i, row)| {
             if self.strides.1 == 1 {
                 round_into(row, &self.data[i * self.strides.0..][..c]);
             } else {
@@ -163,7 +163,7 @@ impl PackedA {
         if a.strides.0 == 1 && a.strides.1 != 1 {
             // Columns contiguous (a transposed row-major matrix): pairs of two source rows.
             let cs = a.strides.1;
-            data.par_chunks_mut(mp).enumerate().for_each(|(p, out)| {
+            data.par_chunks_mut(mp).with_min_len(8).enumerate().for_each(|(p, out)| {
                 let lo = &a.data[2 * p * cs..][..m];
                 if 2 * p + 1 < k {
                     pairs_of_two_rows(&mut out[..m], lo, &a.data[(2 * p + 1) * cs..][..m]);
@@ -173,7 +173,7 @@ impl PackedA {
             });
             return PackedA { m, k, repr: ARepr::Pairs { data, rs: 1, cs: mp } };
         }
-        data.par_chunks_mut(kp.max(1)).take(m).enumerate().for_each(|(i, out)| {
+        data.par_chunks_mut(kp.max(1)).take(m).with_min_len(16).enumerate().for_each(|(i, out)| {
             if a.strides.1 == 1 {
                 pairs_of_row(out, &a.data[i * a.strides.0..][..k]);
             } else {

@@ -12,7 +12,11 @@
 //! - `TORCH_PYTHON` runs benches/torch_reference.py for the same cases, alternating with ours;
 //! - `BENCH_TABLES=1` also times predict over SST-2 and MRPC dev (seq 128) against PyTorch with
 //!   dynamic padding and with padding to 128;
-//! - `BENCH_EPOCH=1` also times one training epoch of minilm-l6 on the first 8,000 SST-2 rows.
+//! - `BENCH_EPOCH=1` also times one training epoch of minilm-l6 on the first 8,000 SST-2 rows;
+//! - `BENCH_PRECISIONS` the precisions of the fixed-shape cases (default `f32`; e.g.
+//!   `f32,bf16,int8`): bf16 against PyTorch under `torch.autocast('cpu', dtype=torch.bfloat16)`,
+//!   int8 (inference) against ONNX Runtime's `quantize_dynamic` of the minilm-l3 encoder, whose f32
+//!   ONNX file `ONNX_L3` names (see benches/README.md; minilm-l6 int8 runs ours only).
 //!
 //! Each case runs in a child process so that its peak memory (max RSS) is its own.
 
@@ -103,8 +107,10 @@ fn forward_flops(cfg: &BertConfig, seq: usize) -> f64 {
     cfg.num_hidden_layers as f64 * seq as f64 * (8.0 * h * h + 4.0 * h * i + 4.0 * seq as f64 * h)
 }
 
-/// Child: one fixed-shape case, `train` or `infer`.
-fn step_case(model: &str, seq: usize, mode: &str, steps: usize) -> Value {
+/// Child: one fixed-shape case, `train` or `infer`, in `precision` (`f32`, `bf16`, `int8`).
+fn step_case(model: &str, seq: usize, mode: &str, steps: usize, precision: &str) -> Value {
+    let precision = easynlp::ops::Precision::parse(precision).expect("precision f32, bf16 or int8");
+    easynlp::ops::precision::set_global(precision);
     let (cfg, params, _) = load(model);
     let b = full_batch(seq, cfg.vocab_size);
     let mut opt = Optimizer::new(&params, OptimizerKind::AdamW, 1e-4).unwrap();
@@ -229,6 +235,47 @@ fn torch(args: &[String]) -> Option<Value> {
     Some(last_json(&out.stdout))
 }
 
+/// ONNX Runtime on a fixed batch of the int8 (`quantize_dynamic`) minilm-l3 encoder, from the
+/// f32 ONNX file `ONNX_L3` (see benches/README.md); None without it, without `TORCH_PYTHON` or
+/// for another model.
+fn onnx_step(model: &str, seq: usize, steps: usize) -> Option<Value> {
+    let (python, f32_onnx) = (std::env::var("TORCH_PYTHON").ok()?, std::env::var("ONNX_L3").ok()?);
+    if model != "minilm-l3" {
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/onnx_reference.py");
+    let int8 = std::env::temp_dir().join("easynlp-bench-minilm-l3-int8.onnx");
+    if !int8.is_file() {
+        let q = Command::new(&python)
+            .arg(&script)
+            .args(["quantize", "--onnx", &f32_onnx, "--out"])
+            .arg(&int8)
+            .output()
+            .ok()?;
+        if !q.status.success() {
+            eprintln!("onnx quantize failed: {}", String::from_utf8_lossy(&q.stderr));
+            return None;
+        }
+    }
+    let out = Command::new(python)
+        .arg(script)
+        .args(["step", "--onnx"])
+        .arg(&int8)
+        .args([
+            format!("--batch={BATCH}"),
+            format!("--seq={seq}"),
+            format!("--steps={steps}"),
+            format!("--threads={}", threads()),
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("onnx step failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    Some(last_json(&out.stdout))
+}
+
 fn last_json(stdout: &[u8]) -> Value {
     let text = String::from_utf8_lossy(stdout);
     serde_json::from_str(text.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("{}")).unwrap()
@@ -258,7 +305,13 @@ fn main() {
     let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     if argv.first().map(String::as_str) == Some("--case") {
         let v = match argv[1].as_str() {
-            "step" => step_case(&argv[2], argv[3].parse().unwrap(), &argv[4], argv[5].parse().unwrap()),
+            "step" => step_case(
+                &argv[2],
+                argv[3].parse().unwrap(),
+                &argv[4],
+                argv[5].parse().unwrap(),
+                argv.get(6).map_or("f32", String::as_str),
+            ),
             "table" => {
                 let cols: Vec<usize> = argv[4].split(',').map(|c| c.parse().unwrap()).collect();
                 table_case(&argv[2], Path::new(&argv[3]), &cols)
@@ -278,7 +331,7 @@ fn main() {
         threads()
     );
     println!("f32 matmul peak (candle, 2048^3): {peak:.1} GFLOP/s\n");
-    println!("| model | seq | mode | ours ex/s | torch ex/s | ratio | ours GFLOP/s (% peak) | torch GFLOP/s (% peak) | ours / torch max RSS MiB |");
+    println!("| model | seq | mode | ours ex/s | reference ex/s | ratio | ours GFLOP/s (% peak) | reference GFLOP/s (% peak) | ours / reference max RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for model in ["minilm-l6", "minilm-l3"] {
         if !only("BENCH_MODELS", model) {
@@ -298,34 +351,54 @@ fn main() {
             if !only("BENCH_SEQS", &seq.to_string()) {
                 continue;
             }
-            for mode in ["train", "infer"] {
-                let dir = shared().join("models").join(model).display().to_string();
-                let our_run =
-                    || Some(ours(&["step".into(), model.into(), seq.to_string(), mode.into(), steps.to_string()]));
-                let torch_run = || {
-                    torch(&[
-                        "step".into(),
-                        format!("--model={dir}"),
-                        format!("--batch={BATCH}"),
-                        format!("--seq={seq}"),
-                        format!("--mode={mode}"),
-                        format!("--steps={steps}"),
-                    ])
-                };
-                let [our, tch]: [Value; 2] = alternate(repeats, &[&our_run, &torch_run]).try_into().unwrap();
-                let flops = forward_flops(&cfg, seq) * BATCH as f64 * if mode == "train" { 3.0 } else { 1.0 };
-                let tg = flops / f(&tch, "seconds_per_step") / 1e9;
-                println!(
-                    "| {model} | {seq} | {mode} | {:.2} | {:.2} | {:.2}x | {:.1} ({:.0}%) | {tg:.1} ({:.0}%) | {:.0} / {:.0} |",
-                    f(&our, "examples_per_s"),
-                    f(&tch, "examples_per_s"),
-                    f(&our, "examples_per_s") / f(&tch, "examples_per_s"),
-                    f(&our, "gflops"),
-                    100.0 * f(&our, "gflops") / peak,
-                    100.0 * tg / peak,
-                    f(&our, "max_rss_mb"),
-                    f(&tch, "max_rss_mb"),
-                );
+            for precision in ["f32", "bf16", "int8"] {
+                if !std::env::var("BENCH_PRECISIONS").unwrap_or("f32".into()).split(',').any(|p| p == precision) {
+                    continue;
+                }
+                for mode in ["train", "infer"] {
+                    if precision == "int8" && mode == "train" {
+                        continue;
+                    }
+                    let dir = shared().join("models").join(model).display().to_string();
+                    let our_run = || {
+                        Some(ours(&[
+                            "step".into(),
+                            model.into(),
+                            seq.to_string(),
+                            mode.into(),
+                            steps.to_string(),
+                            precision.into(),
+                        ]))
+                    };
+                    // The reference: PyTorch in f32 or under bf16 autocast; for int8 ONNX Runtime's
+                    // quantize_dynamic of the minilm-l3 encoder (ONNX_L3), the only ONNX file we have.
+                    let reference_run = || match precision {
+                        "int8" => onnx_step(model, seq, steps),
+                        _ => torch(&[
+                            "step".into(),
+                            format!("--model={dir}"),
+                            format!("--batch={BATCH}"),
+                            format!("--seq={seq}"),
+                            format!("--mode={mode}"),
+                            format!("--steps={steps}"),
+                            format!("--precision={precision}"),
+                        ]),
+                    };
+                    let [our, tch]: [Value; 2] = alternate(repeats, &[&our_run, &reference_run]).try_into().unwrap();
+                    let flops = forward_flops(&cfg, seq) * BATCH as f64 * if mode == "train" { 3.0 } else { 1.0 };
+                    let tg = flops / f(&tch, "seconds_per_step") / 1e9;
+                    println!(
+                        "| {model} | {seq} | {mode} {precision} | {:.2} | {:.2} | {:.2}x | {:.1} ({:.0}%) | {tg:.1} ({:.0}%) | {:.0} / {:.0} |",
+                        f(&our, "examples_per_s"),
+                        f(&tch, "examples_per_s"),
+                        f(&our, "examples_per_s") / f(&tch, "examples_per_s"),
+                        f(&our, "gflops"),
+                        100.0 * f(&our, "gflops") / peak,
+                        100.0 * tg / peak,
+                        f(&our, "max_rss_mb"),
+                        f(&tch, "max_rss_mb"),
+                    );
+                }
             }
         }
     }

@@ -133,11 +133,20 @@ def encode(tok, texts, padding, seq):
                max_length=seq, return_tensors="pt")
 
 
-def run_inference(torch, model, tok, texts, padding, seq, batch):
+def autocast(torch, precision):
+    """`torch.autocast('cpu', dtype=torch.bfloat16)` for --precision=bf16, else a no-op context."""
+    import contextlib
+
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def run_inference(torch, model, tok, texts, padding, seq, batch, precision="f32"):
     """Classifies `texts` in file order; returns the predicted class of each row."""
     preds = []
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(torch, precision):
         for i in range(0, len(texts), batch):
             enc = encode(tok, texts[i:i + batch], padding, seq)
             logits = model(**enc).logits
@@ -165,7 +174,8 @@ def cmd_step(args):
 
         def one_step():
             opt.zero_grad(set_to_none=True)
-            out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
+            with autocast(torch, args.precision):
+                out = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -174,7 +184,7 @@ def cmd_step(args):
         model.eval()
 
         def one_step():
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(torch, args.precision):
                 return float(model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits[0, 0])
 
     for _ in range(args.warmup):
@@ -191,6 +201,7 @@ def cmd_step(args):
         "seconds_per_step": total / args.steps,
         "max_rss_mb": max_rss_mb(),
         "threads": torch.get_num_threads(),
+        "precision": args.precision,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "mode": args.mode,
@@ -209,7 +220,7 @@ def cmd_predict(args):
     tok = load_tokenizer(args.model)
     log(f"predict: {len(texts)} rows from {args.table}, batch {args.batch}, padding {args.padding}, seq {args.seq}")
     t0 = time.perf_counter()
-    preds = run_inference(torch, model, tok, texts, args.padding, args.seq, args.batch)
+    preds = run_inference(torch, model, tok, texts, args.padding, args.seq, args.batch, args.precision)
     seconds = time.perf_counter() - t0
     log(f"predict: {seconds:.3f}s, {sum(preds)} of {len(preds)} rows predicted class 1")
     return {
@@ -218,6 +229,7 @@ def cmd_predict(args):
         "examples_per_s": len(texts) / seconds,
         "max_rss_mb": max_rss_mb(),
         "threads": torch.get_num_threads(),
+        "precision": args.precision,
         "torch": torch.__version__,
     }
 
@@ -279,7 +291,8 @@ def cmd_train_epoch(args):
     t0 = time.perf_counter()
     for step, batch in enumerate(loader, 1):
         opt.zero_grad(set_to_none=True)
-        out = model(**batch)
+        with autocast(torch, args.precision):
+            out = model(**batch)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -290,7 +303,7 @@ def cmd_train_epoch(args):
     seconds_train = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    preds = run_inference(torch, model, tok, dev_texts, args.padding, args.seq, args.batch)
+    preds = run_inference(torch, model, tok, dev_texts, args.padding, args.seq, args.batch, args.precision)
     seconds_eval = time.perf_counter() - t0
     accuracy = sum(int(p == y) for p, y in zip(preds, dev_labels)) / len(dev_labels)
     log(f"train-epoch: train {seconds_train:.2f}s, eval {seconds_eval:.2f}s, dev accuracy {accuracy:.4f}")
@@ -303,6 +316,7 @@ def cmd_train_epoch(args):
         "mean_train_loss": sum(losses) / len(losses),
         "max_rss_mb": max_rss_mb(),
         "threads": torch.get_num_threads(),
+        "precision": args.precision,
         "torch": torch.__version__,
     }
 
@@ -320,6 +334,8 @@ def main(argv=None):
         sp.add_argument("--batch", type=int, default=32)
         sp.add_argument("--threads", type=int, default=default_threads, help="torch/OpenMP/tokenizer threads")
         sp.add_argument("--seed", type=int, default=42)
+        sp.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                        help="bf16: forward passes under torch.autocast('cpu', dtype=torch.bfloat16)")
 
     def table(sp):
         sp.add_argument("--table", required=True, help="TSV file")

@@ -3,6 +3,7 @@
 #   WORK         working folder for tables, checkpoints and predictions (default: ./examples-out/<script>)
 #   ROWS         training rows taken from the data set (default: all)
 #   DEV_ROWS     validation rows taken (default: all)
+#   EASYNLP_EXTRA_FLAGS  flags added to every easynlp command (e.g. `--use_amp`)
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHARED="${EASYNLP_SHARED:-$REPO/../shared}"
@@ -13,7 +14,8 @@ if [[ -z "${EASYNLP:-}" ]]; then
     EASYNLP="$REPO/target/release/easynlp"
 fi
 # The tutorials call `easynlp`: make the name resolve to this binary.
-easynlp() { "$EASYNLP" "$@"; }
+# shellcheck disable=SC2086
+easynlp() { "$EASYNLP" "$@" ${EASYNLP_EXTRA_FLAGS:-}; }
 
 # slice_table SRC DST ROWS: copy SRC without its header line, keeping the first ROWS data rows
 # (all when ROWS is empty), as the headerless tables of EasyNLP's tutorials.

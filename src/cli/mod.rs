@@ -54,6 +54,17 @@ pub fn run(args: Args) -> Result<()> {
 /// A text-app run, by `--mode` and, in train, by the kind of training the settings select.
 fn run_text(cfg: &RunConfig) -> Result<()> {
     let device = crate::device::select(cfg.args.worker_gpu, cfg.args.worker_count)?;
+    crate::ops::precision::set_global(cfg.precision);
+    if cfg.precision != crate::ops::Precision::F32 {
+        if !device.is_cpu() {
+            bail!("--precision={}: lower precisions run on the CPU only (drop --worker_gpu)", cfg.precision.name());
+        }
+        crate::logging::info(format!(
+            "Precision {}: kernel path {}",
+            cfg.precision.name(),
+            cfg.precision.kernel_path()
+        ));
+    }
     match (cfg.args.mode, &cfg.meta_teacher, &cfg.meta_student) {
         (Mode::Train, Some(meta), _) => metakd::teacher::run_train(cfg, meta, &device),
         (Mode::Train, None, Some(meta)) => metakd::student::run_train(cfg, meta, &device),

@@ -197,9 +197,16 @@ pub struct Args {
     #[arg(long = "do_lower_case", action = ArgAction::SetTrue)]
     pub do_lower_case: bool,
 
-    /// Mixed precision (not supported: refused with an error).
+    /// Mixed precision: the same as --precision=bf16.
     #[arg(long = "use_amp", action = ArgAction::SetTrue)]
     pub use_amp: bool,
+
+    /// Precision of the encoder's matrix products: f32 (default); bf16 (bf16 inputs, f32
+    /// accumulation, f32 weights, optimizer and checkpoints; fast with AVX512-BF16, else emulated);
+    /// int8 (evaluate and predict only: s8 weights per channel, u8 activations per row; fast with
+    /// AVX512-VNNI, else portable integer code).
+    #[arg(long = "precision", value_parser = ["f32", "bf16", "int8"])]
+    pub precision: Option<String>,
 
     /// Predict: rows read and written per chunk (bounds memory on large tables).
     #[arg(long = "predict_slice_size", default_value_t = 4096)]

@@ -7,6 +7,7 @@ use super::udp::UserParams;
 pub use crate::data::encode::TextColumns;
 use crate::data::schema::{Column, ColumnType, Schema};
 use crate::data::table::{check_table_path, first_line};
+use crate::ops::Precision;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,25 @@ pub struct RunConfig {
     pub udp: UserParams,
     /// The run's seed.
     pub seed: u64,
+    /// The precision of the encoder's matrix products (`--precision`, `--use_amp`).
+    pub precision: Precision,
+}
+
+/// The precision that `--precision` and `--use_amp` select for `mode`.
+fn precision_of(args: &Args) -> Result<Precision> {
+    let named = args.precision.as_deref().map(|p| Precision::parse(p).expect("clap checked the value"));
+    let precision = match (named, args.use_amp) {
+        (Some(p), true) if p != Precision::Bf16 => {
+            bail!("--use_amp means --precision=bf16; it conflicts with --precision={}", p.name())
+        }
+        (Some(p), _) => p,
+        (None, true) => Precision::Bf16,
+        (None, false) => Precision::F32,
+    };
+    if precision == Precision::Int8 && args.mode == Mode::Train {
+        bail!("--precision=int8 is for --mode=evaluate and --mode=predict; train with --precision=bf16 (or --use_amp) or f32");
+    }
+    Ok(precision)
 }
 
 impl RunConfig {
@@ -74,9 +94,7 @@ impl RunConfig {
             other => bail!("--app_name={other}: supported apps are text_classify and text_match (single tower)"),
         };
         let udp = UserParams::parse(args.user_defined_parameters.as_deref())?;
-        if args.use_amp {
-            bail!("--use_amp: mixed precision is not supported; this program trains in float32");
-        }
+        let precision = precision_of(&args)?;
         if args.micro_batch_size == 0 {
             bail!("--micro_batch_size must be at least 1");
         }
@@ -171,6 +189,7 @@ impl RunConfig {
             columns: TextColumns { first, second, label },
             udp,
             seed,
+            precision,
             args,
         })
     }
@@ -292,8 +311,8 @@ impl PrepConfig {
             if args.sequence_length < 2 {
                 bail!("--sequence_length={} is too short: [CLS] and [SEP] alone take 2 tokens", args.sequence_length);
             }
-            if args.use_amp {
-                bail!("--use_amp: mixed precision is not supported; this program runs in float32");
+            if args.use_amp || args.precision.as_deref().is_some_and(|p| p != "f32") {
+                bail!("--use_amp / --precision: --mode=metakd_embeddings runs in f32; lower precisions apply to train, evaluate and predict");
             }
         }
         // A drawn seed fits --random_seed, so that the run can be repeated with it.

@@ -2,11 +2,12 @@
 
 use super::config::BertConfig;
 use crate::ops;
-use crate::ops::encoder_layer::{LayerDropout, LayerParams};
+use crate::ops::encoder_layer::{LayerDropout, LayerParams, LayerPrecision, LayerWeights};
+use crate::ops::Precision;
 use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor, D};
 use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Gets a weight tensor by its full name (`bert.encoder.layer.0...`).
 pub type WeightFn<'a> = dyn Fn(&str) -> anyhow::Result<Tensor> + 'a;
@@ -114,6 +115,9 @@ struct Layer {
     /// The flat parameters of the fused layer op, kept after their first use when no weight
     /// tracks gradients.
     frozen_flat: OnceLock<Tensor>,
+    /// Frozen weights prepared for bf16 / int8 products, built at their first use in that
+    /// precision.
+    frozen_low: Mutex<Option<(Precision, Arc<LayerWeights>)>>,
 }
 
 impl Layer {
@@ -141,6 +145,21 @@ impl Layer {
         }
         Ok(flat)
     }
+
+    /// The precision of the fused op for `flat` (from [`Self::flat_params`]): frozen weights are
+    /// prepared for a low precision once and reused; trainable ones in each forward pass.
+    fn precision(&self, precision: Precision, flat: &Tensor, cfg: &BertConfig) -> Result<LayerPrecision> {
+        if precision == Precision::F32 || flat.track_op() {
+            return Ok(LayerPrecision { precision, weights: None });
+        }
+        let mut cache = self.frozen_low.lock().expect("not poisoned");
+        if let Some((p, w)) = cache.as_ref().filter(|(p, _)| *p == precision) {
+            return Ok(LayerPrecision { precision: *p, weights: Some(w.clone()) });
+        }
+        let weights = LayerWeights::new(precision, flat, cfg.hidden_size, cfg.intermediate_size)?.map(Arc::new);
+        *cache = weights.clone().map(|w| (precision, w));
+        Ok(LayerPrecision { precision, weights })
+    }
 }
 
 /// The BERT encoder: embeddings, transformer layers and optional pooler.
@@ -152,6 +171,8 @@ pub struct Bert {
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     pooler: Option<Linear>,
+    /// The precision of the encoder layers' matrix products.
+    precision: Precision,
 }
 
 impl Bert {
@@ -173,6 +194,7 @@ impl Bert {
                 out: Linear::load(get, &format!("{p}.output.dense"))?,
                 out_norm: LayerNorm::load(get, &format!("{p}.output.LayerNorm"), eps)?,
                 frozen_flat: OnceLock::new(),
+                frozen_low: Mutex::new(None),
             });
         }
         Ok(Bert {
@@ -183,7 +205,20 @@ impl Bert {
             emb_norm: LayerNorm::load(get, "bert.embeddings.LayerNorm", eps)?,
             layers,
             pooler: if with_pooler { Some(Linear::load(get, "bert.pooler.dense")?) } else { None },
+            precision: ops::precision::global(),
         })
+    }
+
+    /// The precision of the encoder layers' matrix products: at load, the process-wide one
+    /// ([`ops::precision::set_global`]).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision of the encoder layers' matrix products (bf16 applies to the fused CPU
+    /// layers; int8 to inference only: a forward pass that tracks gradients fails).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// The model configuration.
@@ -221,7 +256,17 @@ impl Bert {
                 let (heads, inter, eps) =
                     (self.cfg.num_attention_heads, self.cfg.intermediate_size, layer.attn_norm.eps);
                 let flat = layer.flat_params()?;
-                x = ops::encoder_layer_first_position(&x, &mask_bias, &flat, heads, inter, eps, self.dropout(ctx))?;
+                let prec = layer.precision(self.precision, &flat, &self.cfg)?;
+                x = ops::encoder_layer_first_position(
+                    &x,
+                    &mask_bias,
+                    &flat,
+                    heads,
+                    inter,
+                    eps,
+                    self.dropout(ctx),
+                    &prec,
+                )?;
                 continue;
             }
             let (out, probs) = self.layer_forward(layer, &x, &mask_bias, taps.attentions, ctx)?;
@@ -263,7 +308,8 @@ impl Bert {
             let dropout = self.dropout(ctx);
             let eps = layer.attn_norm.eps;
             let flat = layer.flat_params()?;
-            let out = ops::encoder_layer(x, mask_bias, &flat, heads, self.cfg.intermediate_size, eps, dropout)?;
+            let prec = layer.precision(self.precision, &flat, &self.cfg)?;
+            let out = ops::encoder_layer(x, mask_bias, &flat, heads, self.cfg.intermediate_size, eps, dropout, &prec)?;
             return Ok((out, None));
         }
         let qkv = ops::linear(x, &layer.qkv_w, &layer.qkv_b)?;

@@ -9,10 +9,11 @@
 //! has three inputs: hidden states, attention mask and parameters.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::attention::{Attention, Geometry};
-use super::{dropout, gelu, layer_norm, linear, util};
+use super::precision::Precision;
+use super::{bf16, dropout, gelu, int8, layer_norm, linear, util};
 
 /// The parameter tensors of one layer, in the order of the flat buffer.
 pub struct LayerParams<'a> {
@@ -40,6 +41,93 @@ impl LayerParams<'_> {
     }
 }
 
+/// One dense weight prepared for a low precision: `W^T` packed as bf16 pairs, or `W`
+/// quantized to s8 per output channel.
+pub(super) enum Dense {
+    Bf16(bf16::PackedB),
+    Int8(int8::QuantW),
+}
+
+impl Dense {
+    fn new(precision: Precision, w: &[f32], out: usize, inp: usize) -> Option<Self> {
+        match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(Dense::Bf16(bf16::PackedB::weight_t(w, out, inp))),
+            Precision::Int8 => Some(Dense::Int8(int8::QuantW::new(w, out, inp))),
+        }
+    }
+
+    /// `y += x W^T` for `y` rows of `ldc` values (already holding the bias).
+    fn add_into(&self, x: &[f32], y: &mut [f32], ldc: usize) {
+        match self {
+            Dense::Bf16(w_t) => {
+                let (inp, _) = w_t.dims();
+                let a = bf16::PackedA::pack(bf16::View::rows(x, x.len() / inp.max(1), inp));
+                bf16::gemm(&a, w_t, y, ldc, true, 1.0);
+            }
+            Dense::Int8(w) => int8::matmul_add(x, w, y, ldc),
+        }
+    }
+}
+
+/// The dense weights of one layer prepared once for bf16 or int8 (the query and the key/value
+/// parts of the stacked projection apart, as [`super::first_position`] uses them apart). A
+/// training step builds them in its forward pass; frozen weights keep them for every call.
+pub struct LayerWeights {
+    q: Dense,
+    kv: Dense,
+    ao: Dense,
+    inter: Dense,
+    out: Dense,
+}
+
+impl LayerWeights {
+    /// Prepares the weights of the flat parameter buffer of [`LayerParams::flatten`] for
+    /// `precision` (None for f32), for hidden size `h` and feed-forward size `intermediate`.
+    pub fn new(precision: Precision, flat_params: &Tensor, h: usize, intermediate: usize) -> Result<Option<Self>> {
+        if precision == Precision::F32 {
+            return Ok(None);
+        }
+        let layer = EncoderLayer::sized(h, intermediate);
+        let flat = flat_params.flatten_all()?.to_vec1::<f32>()?;
+        if flat.len() != layer.param_count() {
+            bail!("LayerWeights: {} parameters, expected {}", flat.len(), layer.param_count());
+        }
+        Ok(Some(Self::of(precision, &layer.params(&flat), h, intermediate)))
+    }
+
+    /// The query projection.
+    pub(super) fn q(&self) -> &Dense {
+        &self.q
+    }
+
+    /// The key and value projections.
+    pub(super) fn kv(&self) -> &Dense {
+        &self.kv
+    }
+
+    fn of(precision: Precision, p: &Params, h: usize, i: usize) -> Self {
+        let d = |w: &[f32], out, inp| Dense::new(precision, w, out, inp).expect("not f32");
+        LayerWeights {
+            q: d(&p.qkv_w[..h * h], h, h),
+            kv: d(&p.qkv_w[h * h..], 2 * h, h),
+            ao: d(p.ao_w, h, h),
+            inter: d(p.in_w, i, h),
+            out: d(p.out_w, h, i),
+        }
+    }
+}
+
+/// The precision of a layer op's matrix products and, for frozen weights, the weights prepared
+/// for it once (see [`LayerWeights`]); the default is f32.
+#[derive(Clone, Default)]
+pub struct LayerPrecision {
+    /// The precision.
+    pub precision: Precision,
+    /// Weights prepared for it, reused by every call; None: prepared in each forward pass.
+    pub weights: Option<Arc<LayerWeights>>,
+}
+
 /// Dropout of one layer: probability and mask seed of the attention probabilities, of the
 /// attention output and of the feed-forward output (`None` = no dropout there).
 #[derive(Clone, Copy, Default)]
@@ -55,6 +143,7 @@ pub struct LayerDropout {
 /// Runs one encoder layer on `x` `[B, L, H]` with the additive `mask_bias` `[B, L]` and the flat
 /// parameters of [`LayerParams::flatten`]; `intermediate` is the feed-forward size. f32 CPU only
 /// (see [`super::attention::supported`]).
+#[allow(clippy::too_many_arguments)]
 pub fn encoder_layer(
     x: &Tensor,
     mask_bias: &Tensor,
@@ -63,8 +152,17 @@ pub fn encoder_layer(
     intermediate: usize,
     eps: f64,
     dropout: LayerDropout,
+    precision: &LayerPrecision,
 ) -> Result<Tensor> {
-    let op = EncoderLayer::for_inputs("encoder_layer", x, mask_bias, flat_params, (heads, intermediate, eps), dropout)?;
+    let op = EncoderLayer::for_inputs(
+        "encoder_layer",
+        x,
+        mask_bias,
+        flat_params,
+        (heads, intermediate, eps),
+        dropout,
+        precision,
+    )?;
     x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
 }
 
@@ -95,6 +193,7 @@ pub(super) struct EncoderLayer {
     /// Whether to keep the activations (when a gradient may be asked for).
     keep: bool,
     saved: Mutex<Option<Saved>>,
+    precision: LayerPrecision,
 }
 
 /// Views of the flat parameter buffer.
@@ -163,13 +262,18 @@ impl EncoderLayer {
         flat_params: &Tensor,
         (heads, intermediate, eps): (usize, usize, f64),
         dropout: LayerDropout,
+        precision: &LayerPrecision,
     ) -> Result<Self> {
         let (b, l, h) = x.dims3()?;
         if !h.is_multiple_of(heads) || mask_bias.dims() != [b, l] {
             bail!("{op}: x {:?}, mask {:?} and {heads} heads do not fit", x.dims(), mask_bias.dims());
         }
         let keep = x.track_op() || flat_params.track_op();
-        let layer = EncoderLayer { heads, h, i: intermediate, eps, dropout, keep, saved: Mutex::new(None) };
+        if keep && precision.precision == Precision::Int8 {
+            bail!("{op}: int8 is for inference only (no gradients)");
+        }
+        let layer =
+            EncoderLayer { heads, keep, dropout, eps, precision: precision.clone(), ..Self::sized(h, intermediate) };
         if flat_params.elem_count() != layer.param_count() {
             bail!("{op}: {} parameters, expected {}", flat_params.elem_count(), layer.param_count());
         }
@@ -205,6 +309,77 @@ impl EncoderLayer {
         let dx = Tensor::from_vec(dx, x_l.shape(), &candle_core::Device::Cpu)?;
         let dparams = Tensor::from_vec(dparams, p_l.shape(), &candle_core::Device::Cpu)?;
         Ok((Some(dx), None, Some(dparams)))
+    }
+
+    /// A layer of hidden size `h` and feed-forward size `i` (other settings at their defaults:
+    /// one head, no dropout, f32), for its parameter layout.
+    fn sized(h: usize, i: usize) -> Self {
+        EncoderLayer {
+            heads: 1,
+            h,
+            i,
+            eps: 0.0,
+            dropout: LayerDropout::default(),
+            keep: false,
+            saved: Mutex::new(None),
+            precision: LayerPrecision::default(),
+        }
+    }
+
+    /// The low-precision weights for this call: the prepared ones, else built from `p` (None in f32).
+    pub(super) fn low_weights(&self, p: &Params) -> Option<Arc<LayerWeights>> {
+        match (&self.precision.weights, self.precision.precision) {
+            (_, Precision::F32) => None,
+            (Some(w), _) => Some(w.clone()),
+            (None, prec) => Some(Arc::new(LayerWeights::of(prec, p, self.h, self.i))),
+        }
+    }
+
+    /// `x W^T + b` for the dense weight `w` (`out x inp`), through `low` when given.
+    pub(super) fn dense(
+        x: &[f32],
+        (w, b): (&[f32], &[f32]),
+        (out, inp): (usize, usize),
+        low: Option<&Dense>,
+    ) -> Vec<f32> {
+        match low {
+            None => linear::forward(x, w, b, out, inp),
+            Some(Dense::Bf16(w_t)) => bf16::linear_forward(x, w_t, b),
+            Some(Dense::Int8(qw)) => int8::linear_forward(x, qw, b),
+        }
+    }
+
+    /// The stacked projections `[q | k | v]` of `x` (rows of `h`).
+    fn qkv(&self, x: &[f32], p: &Params, low: Option<&LayerWeights>) -> Vec<f32> {
+        let h = self.h;
+        let Some(low) = low else { return linear::forward(x, p.qkv_w, p.qkv_b, 3 * h, h) };
+        let rows = x.len() / h;
+        let mut y = vec![0f32; rows * 3 * h];
+        for row in y.chunks_mut(3 * h) {
+            row.copy_from_slice(p.qkv_b);
+        }
+        low.q.add_into(x, &mut y, 3 * h);
+        low.kv.add_into(x, &mut y[h..], 3 * h);
+        y
+    }
+
+    /// The gradients of a dense layer (see [`linear::backward`]) in this layer's precision.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dense_backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        dims: (usize, usize),
+        dx: &mut [f32],
+        accumulate_dx: bool,
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        match self.precision.precision {
+            Precision::Bf16 => bf16::linear_backward(x, w, dy, dims, dx, accumulate_dx, dw, db),
+            _ => linear::backward(x, w, dy, dims, dx, accumulate_dx, dw, db),
+        }
     }
 
     /// Sizes of the parameters in flat order.
@@ -246,29 +421,31 @@ impl EncoderLayer {
         context: Vec<f32>,
         p: &Params,
         row_step: usize,
+        low: Option<&LayerWeights>,
     ) -> (Vec<f32>, Option<Post>) {
         let (h, eps) = (self.h, self.eps);
+        let dense = |x: &[f32], wb, dims, d: fn(&LayerWeights) -> &Dense| Self::dense(x, wb, dims, low.map(d));
         let dropout_add = |a: &mut [f32], residual: &[f32], site| {
             dropout::dropout_add_rows_in_place(a, residual, keep_seed(site), h, row_step)
         };
-        let mut s1 = linear::forward(&context, p.ao_w, p.ao_b, h, h);
+        let mut s1 = dense(&context, (p.ao_w, p.ao_b), (h, h), |l| &l.ao);
         dropout_add(&mut s1, x, self.dropout.attn_out);
         if !self.keep {
             drop(context);
             let mut h1 = s1;
             layer_norm::forward_in_place(&mut h1, p.ln1_g, p.ln1_b, eps);
-            let mut inter = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
+            let mut inter = dense(&h1, (p.in_w, p.in_b), (self.i, h), |l| &l.inter);
             gelu::forward_in_place(&mut inter);
-            let mut out = linear::forward(&inter, p.out_w, p.out_b, h, self.i);
+            let mut out = dense(&inter, (p.out_w, p.out_b), (h, self.i), |l| &l.out);
             drop(inter);
             dropout_add(&mut out, &h1, self.dropout.ffn_out);
             layer_norm::forward_in_place(&mut out, p.ln2_g, p.ln2_b, eps);
             return (out, None);
         }
         let h1 = layer_norm::forward(&s1, p.ln1_g, p.ln1_b, eps);
-        let pre_gelu = linear::forward(&h1, p.in_w, p.in_b, self.i, h);
+        let pre_gelu = dense(&h1, (p.in_w, p.in_b), (self.i, h), |l| &l.inter);
         let post_gelu = gelu::forward(&pre_gelu);
-        let mut s2 = linear::forward(&post_gelu, p.out_w, p.out_b, h, self.i);
+        let mut s2 = dense(&post_gelu, (p.out_w, p.out_b), (h, self.i), |l| &l.out);
         dropout_add(&mut s2, &h1, self.dropout.ffn_out);
         let out = layer_norm::forward(&s2, p.ln2_g, p.ln2_b, eps);
         (out, Some(Post { context, s1, h1, pre_gelu, post_gelu, s2 }))
@@ -298,12 +475,12 @@ impl EncoderLayer {
         let dffn = masked(&ds2, self.dropout.ffn_out, (h, row_step), &mut buf);
         // ffn = post_gelu W_out^T + b_out; the residual gradient ds2 flows into h1.
         let mut dpost = vec![0f32; rows * self.i];
-        linear::backward(&post.post_gelu, p.out_w, dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
+        self.dense_backward(&post.post_gelu, p.out_w, dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
         drop(post.post_gelu);
         gelu::backward_in_place(&post.pre_gelu, &mut dpost);
         drop(post.pre_gelu);
         let mut dh1 = ds2;
-        linear::backward(&post.h1, p.in_w, &dpost, (self.i, h), &mut dh1, true, d_in_w, d_in_b);
+        self.dense_backward(&post.h1, p.in_w, &dpost, (self.i, h), &mut dh1, true, d_in_w, d_in_b);
         drop((dpost, post.h1));
         // h1 = LN1(s1), s1 = dropout(attn) + x.
         let mut ds1 = vec![0f32; rows * h];
@@ -314,7 +491,7 @@ impl EncoderLayer {
         let mut buf = Vec::new();
         let dattn = masked(&ds1, self.dropout.attn_out, (h, row_step), &mut buf);
         let mut dcontext = vec![0f32; rows * h];
-        linear::backward(&post.context, p.ao_w, dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
+        self.dense_backward(&post.context, p.ao_w, dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
         (dcontext, ds1)
     }
 
@@ -340,9 +517,10 @@ impl CustomOp3 for EncoderLayer {
         let [x, mask, params] = util::f32_inputs(self.name(), [(s1, l1), (s2, l2), (s3, l3)])?;
         let p = self.params(params);
         let (b, l, h) = l1.shape().dims3()?;
-        let qkv = linear::forward(x, p.qkv_w, p.qkv_b, 3 * h, h);
+        let low = self.low_weights(&p);
+        let qkv = self.qkv(x, &p, low.as_deref());
         let context = self.attention().context(&qkv, mask, &Geometry::new(b, l, h, self.heads));
-        let (out, post) = self.post_attention(x, context, &p, 1);
+        let (out, post) = self.post_attention(x, context, &p, 1, low.as_deref());
         if let Some(post) = post {
             *self.saved.lock().expect("not poisoned") = Some(Saved { qkv, post });
         }
@@ -364,7 +542,7 @@ impl CustomOp3 for EncoderLayer {
             let dqkv = self.attention().grad(&saved.qkv, i.mask, &dcontext, &Geometry::new(b, l, h, self.heads));
             drop(dcontext);
             let mut dx = ds1;
-            linear::backward(i.x, p.qkv_w, &dqkv, (3 * h, h), &mut dx, true, d_qkv_w, d_qkv_b);
+            self.dense_backward(i.x, p.qkv_w, &dqkv, (3 * h, h), &mut dx, true, d_qkv_w, d_qkv_b);
             dx
         })
     }

@@ -9,10 +9,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 use super::attention::Geometry;
-use super::encoder_layer::{EncoderLayer, LayerDropout, Post};
-use super::{linear, util};
+use super::encoder_layer::{EncoderLayer, LayerDropout, LayerPrecision, Post};
+use super::util;
 
 /// [`super::encoder_layer()`] for the first position of the output only: `[B, 1, H]`.
+#[allow(clippy::too_many_arguments)]
 pub fn encoder_layer_first_position(
     x: &Tensor,
     mask_bias: &Tensor,
@@ -21,6 +22,7 @@ pub fn encoder_layer_first_position(
     intermediate: usize,
     eps: f64,
     dropout: LayerDropout,
+    precision: &LayerPrecision,
 ) -> Result<Tensor> {
     let layer = EncoderLayer::for_inputs(
         "encoder_layer_first_position",
@@ -29,6 +31,7 @@ pub fn encoder_layer_first_position(
         flat_params,
         (heads, intermediate, eps),
         dropout,
+        precision,
     )?;
     let op = FirstPosition { layer, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&mask_bias.detach().contiguous()?, &flat_params.contiguous()?, op)
@@ -70,12 +73,15 @@ impl CustomOp3 for FirstPosition {
         let p = self.layer.params(params);
         let (b, l, h) = l1.shape().dims3()?;
         let first = first_rows(x, l, h);
-        let q = linear::forward(&first, &p.qkv_w[..h * h], &p.qkv_b[..h], h, h);
-        let kv = linear::forward(x, &p.qkv_w[h * h..], &p.qkv_b[h..], 2 * h, h);
+        let low = self.layer.low_weights(&p);
+        let (q_w, kv_w) = p.qkv_w.split_at(h * h);
+        let (q_b, kv_b) = p.qkv_b.split_at(h);
+        let q = EncoderLayer::dense(&first, (q_w, q_b), (h, h), low.as_ref().map(|l| l.q()));
+        let kv = EncoderLayer::dense(x, (kv_w, kv_b), (2 * h, h), low.as_ref().map(|l| l.kv()));
         let g = Geometry::new(b, l, h, self.layer.heads);
         let (context, probs) = self.layer.attention().first_query_context(&q, &kv, mask, &g);
         // Row r here is row r * l of the whole layer.
-        let (out, post) = self.layer.post_attention(&first, context, &p, l);
+        let (out, post) = self.layer.post_attention(&first, context, &p, l, low.as_deref());
         if let Some(post) = post {
             *self.saved.lock().expect("not poisoned") = Some(Saved { q, kv, probs, post });
         }
@@ -102,9 +108,9 @@ impl CustomOp3 for FirstPosition {
             let (dw_q, dw_kv) = d_qkv_w.split_at_mut(h * h);
             let (db_q, db_kv) = d_qkv_b.split_at_mut(h);
             let mut dx = vec![0f32; i.x.len()];
-            linear::backward(i.x, &p.qkv_w[h * h..], &dkv, (2 * h, h), &mut dx, false, dw_kv, db_kv);
+            layer.dense_backward(i.x, &p.qkv_w[h * h..], &dkv, (2 * h, h), &mut dx, false, dw_kv, db_kv);
             let mut dfirst = dfirst_residual;
-            linear::backward(&first_rows(i.x, l, h), &p.qkv_w[..h * h], &dq, (h, h), &mut dfirst, true, dw_q, db_q);
+            layer.dense_backward(&first_rows(i.x, l, h), &p.qkv_w[..h * h], &dq, (h, h), &mut dfirst, true, dw_q, db_q);
             for (row, df) in dx.chunks_exact_mut(l * h).zip(dfirst.chunks_exact(h)) {
                 util::add_into(&mut row[..h], df);
             }

@@ -15,15 +15,18 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod attention;
+pub mod bf16;
 pub mod dropout;
 pub mod encoder_layer;
 pub mod first_position;
 mod gelu;
 mod head_matmul;
+pub mod int8;
 pub mod kernels;
 mod layer_norm;
 pub mod linear;
 mod math;
+pub mod precision;
 pub mod reference;
 mod softmax;
 pub(crate) mod util;
@@ -36,4 +39,5 @@ pub use gelu::gelu_erf;
 pub use kernels::{kernels, set_kernels, Kernels};
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use precision::Precision;
 pub use softmax::attention_softmax;

@@ -96,12 +96,14 @@ impl QuantX {
         let mut data = vec![0u8; m.next_multiple_of(MR) * kq * 4];
         let mut scale = vec![0f32; m];
         let mut zero = vec![0i32; m];
-        data.par_chunks_mut((kq * 4).max(1)).zip(scale.par_iter_mut().zip(zero.par_iter_mut())).with_min_len(16).enumerate().for_each(
-            |(i, (q, (s, z)))| {
+        data.par_chunks_mut((kq * 4).max(1))
+            .zip(scale.par_iter_mut().zip(zero.par_iter_mut()))
+            .with_min_len(16)
+            .enumerate()
+            .for_each(|(i, (q, (s, z)))| {
                 let (sc, zp) = quantize_row(&x[i * k..(i + 1) * k], q);
                 (*s, *z) = (sc, zp);
-            },
-        );
+            });
         QuantX { data, scale, zero }
     }
 }

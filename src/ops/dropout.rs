@@ -75,34 +75,9 @@ impl CustomOp1 for Dropout {
         cuda::apply_mask(storage, layout, self.keep, self.seed)
     }
 
+    /// The backward pass: the incoming gradient times the same mask, i.e. this op again.
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&DropoutGrad { keep: self.keep, seed: self.seed })?))
-    }
-}
-
-/// The backward pass: the incoming gradient times the same mask.
-struct DropoutGrad {
-    keep: f32,
-    seed: u64,
-}
-
-impl CustomOp1 for DropoutGrad {
-    fn name(&self) -> &'static str {
-        "fused-dropout-grad"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let [g] = util::f32_inputs(self.name(), [(storage, layout)])?;
-        Ok((CpuStorage::F32(apply_mask(g, self.keep, self.seed)), layout.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::apply_mask(storage, layout, self.keep, self.seed)
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
 

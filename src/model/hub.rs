@@ -133,7 +133,11 @@ const WANTED: &[(&[&str], bool)] = &[
 /// (no request is made), else downloaded from the Hub (never when offline).
 pub fn fetch(model: &HubModel, settings: &HubSettings) -> Result<PathBuf> {
     let cache = CachedRepo::new(model, &settings.cache);
-    if let Some(dir) = cache.complete_snapshot()? {
+    if let Some((dir, files)) = cache.complete_snapshot() {
+        for path in &files {
+            let file = path.file_name().unwrap_or_default().to_string_lossy();
+            verify(path, None).with_context(|| format!("{model}: the cached {file}"))?;
+        }
         logging::info(format!("{model}: using the cached copy {}", dir.display()));
         return Ok(dir);
     }
@@ -192,19 +196,18 @@ fn download(model: &HubModel, settings: &HubSettings, watch: &Watch) -> Result<P
     let repo = api.repo(Repo::with_revision(model.repo_id.clone(), RepoType::Model, model.revision.clone()));
     let cache = CachedRepo::new(model, &settings.cache);
     for (alternatives, required) in WANTED {
-        let mut found = false;
+        let mut found = None;
         for file in *alternatives {
-            let commit = cache.commit();
-            match commit.as_deref().map(|c| cache.lookup(c, file)) {
+            let path = match cache.commit().map(|c| cache.lookup(&c, file)) {
                 Some(Cached::Present(path)) => {
                     verify(&path, None).with_context(|| format!("{model}: {file}"))?;
-                    found = true;
+                    path
                 }
                 Some(Cached::Absent) => continue,
                 _ => match download_file(&repo, file, watch) {
                     Ok(path) => {
                         verify(&path, Some(watch.size())).with_context(|| format!("{model}: {file}"))?;
-                        found = true;
+                        path
                     }
                     Err(e) if e.entry_not_found() => {
                         if let Some(c) = cache.commit() {
@@ -214,21 +217,25 @@ fn download(model: &HubModel, settings: &HubSettings, watch: &Watch) -> Result<P
                     }
                     Err(e) => return Err(e.explain(model, settings, file)),
                 },
-            }
-            if *file == "config.json" {
-                check_is_bert(&cache.snapshot(&cache.commit().unwrap_or_default()).join(file), model)?;
-            }
+            };
+            found = Some((file, path));
             break;
         }
-        if !found && *required {
-            bail!(
+        match found {
+            Some((&"config.json", path)) => check_is_bert(&path, model)?,
+            Some(_) => {}
+            None if *required => bail!(
                 "{model}: the repository on {} has no {} (is it a BERT model repository?)",
                 settings.endpoint,
                 alternatives.join(" or ")
-            );
+            ),
+            None => {}
         }
     }
-    cache.complete_snapshot()?.with_context(|| format!("{model}: the download left an incomplete cache entry"))
+    // Every file was verified above: the snapshot only needs to be complete.
+    let (dir, _) =
+        cache.complete_snapshot().with_context(|| format!("{model}: the download left an incomplete cache entry"))?;
+    Ok(dir)
 }
 
 /// One file through `hf-hub` (resuming a `.part` left by an earlier attempt).
@@ -310,14 +317,12 @@ enum Cached {
 struct CachedRepo {
     dir: PathBuf,
     revision: String,
-    /// `repo@revision`, for messages.
-    label: String,
 }
 
 impl CachedRepo {
     fn new(model: &HubModel, cache: &Path) -> Self {
         let folder = Repo::with_revision(model.repo_id.clone(), RepoType::Model, model.revision.clone()).folder_name();
-        CachedRepo { dir: cache.join(folder), revision: model.revision.clone(), label: model.to_string() }
+        CachedRepo { dir: cache.join(folder), revision: model.revision.clone() }
     }
 
     /// The commit the revision points at in the cache.
@@ -349,9 +354,10 @@ impl CachedRepo {
         std::fs::write(dir.join(file), b"").with_context(|| format!("cannot write {}", dir.join(file).display()))
     }
 
-    /// The snapshot directory when the cache answers for every wanted file, each verified.
-    fn complete_snapshot(&self) -> Result<Option<PathBuf>> {
-        let Some(commit) = self.commit() else { return Ok(None) };
+    /// The snapshot directory and the files present when the cache answers for every wanted
+    /// file (the files are not verified here).
+    fn complete_snapshot(&self) -> Option<(PathBuf, Vec<PathBuf>)> {
+        let commit = self.commit()?;
         let mut present = Vec::new();
         for (alternatives, required) in WANTED {
             let mut answered = false;
@@ -363,18 +369,14 @@ impl CachedRepo {
                         break;
                     }
                     Cached::Absent => continue,
-                    Cached::Unknown => return Ok(None),
+                    Cached::Unknown => return None,
                 }
             }
             if !answered && *required {
-                return Ok(None);
+                return None;
             }
         }
-        for path in &present {
-            let file = path.file_name().unwrap_or_default().to_string_lossy();
-            verify(path, None).with_context(|| format!("{}: the cached {file}", self.label))?;
-        }
-        Ok(Some(self.snapshot(&commit)))
+        Some((self.snapshot(&commit), present))
     }
 }
 

@@ -22,6 +22,11 @@ fn int8_linear_matches_f64() {
 }
 
 #[test]
+fn int8_outlier_columns_run_in_f32() {
+    precision_cases::int8_outlier_columns_run_in_f32();
+}
+
+#[test]
 fn encoder_in_bf16_and_int8_matches_f32() {
     precision_cases::encoder_matches_f32("encoder_in_bf16_and_int8_matches_f32");
 }

@@ -15,6 +15,7 @@ fn portable_paths_compute_the_same_and_say_they_are_emulated() {
     precision_cases::bf16_gemm_matches_f64();
     precision_cases::bf16_linear_backward_matches_f64();
     precision_cases::int8_linear_matches_f64();
+    precision_cases::int8_outlier_columns_run_in_f32();
     precision_cases::encoder_matches_f32("portable: encoder_matches_f32");
 
     let tmp = tempfile::tempdir().unwrap();

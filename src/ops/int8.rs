@@ -5,8 +5,11 @@
 //! `y[i, j] = b[j] + sx[i] * sw[j] * (sum_k qx[i, k] * qw[j, k] - zx[i] * sum_k qw[j, k])`.
 //!
 //! With AVX512-VNNI ([`super::precision::has_vnni`]) the products run on `vpdpbusd` (u8 x s8,
-//! four per 32-bit lane) in a 6 x 64 register tile; otherwise the same integer sums run in
-//! portable code, so both paths give the same values up to the f32 rounding of the dequantization.
+//! four per 32-bit lane) in a 6 x 64 register tile; with AVX2 alone
+//! ([`super::precision::has_avx2_int`]) on `vpmaddwd` (both widened to s16, two per 32-bit lane,
+//! no saturation possible) in a 6 x 16 tile; otherwise in portable code. The sums are exact
+//! integers on every path, so all give the same values up to the f32 rounding of the
+//! dequantization.
 
 use rayon::prelude::*;
 
@@ -16,7 +19,11 @@ use super::util;
 const MR: usize = 6;
 /// Columns of the register tile and of a packed weight panel.
 const NR: usize = 64;
+/// Columns of the AVX2 register tile and of its packed weight panel.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const NR2: usize = 16;
 /// Rows of `y` per parallel task.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MB: usize = 16 * MR;
 
 /// Weights `W` (`n x k`) quantized per row (output channel) to s8.
@@ -27,6 +34,8 @@ pub struct QuantW {
     scale: Vec<f32>,
     /// `sum_k qw[j, k]`, for the activations' zero point.
     colsum: Vec<i32>,
+    /// `W^T` (`k x n`) in f32, for the outlier columns of the activations.
+    wt: Vec<f32>,
     repr: WRepr,
 }
 
@@ -34,6 +43,9 @@ enum WRepr {
     /// Panels of [`NR`] channels: the four s8 of `qw[q * NR + j, 4p..4p + 4]` in word
     /// `(q * kq + p) * NR + j`, zero past `n` and `k`.
     Panels(Vec<u32>),
+    /// Panels of [`NR2`] channels for `vpmaddwd`: `qw[q * NR2 + j, 2p..2p + 2]` as two s16 in
+    /// word `(q * kp + p) * NR2 + j` (`kp = 2 kq`), zero past `n` and `k`.
+    Pairs(Vec<u32>),
     /// Row-major `n x 4 kq` s8 values, zero past `k` (the portable path).
     Rows(Vec<i8>),
 }
@@ -70,10 +82,28 @@ impl QuantW {
                 }
             });
             WRepr::Panels(data)
+        } else if super::precision::has_avx2_int() {
+            let kp = 2 * kq;
+            let mut data = vec![0u32; n.div_ceil(NR2) * kp * NR2];
+            data.par_chunks_mut((kp * NR2).max(1)).enumerate().for_each(|(q, panel)| {
+                for j in 0..NR2.min(n - q * NR2) {
+                    let row = &rows[(q * NR2 + j) * kp * 2..][..kp * 2];
+                    for (p, b) in row.chunks_exact(2).enumerate() {
+                        panel[p * NR2 + j] = (b[0] as i16 as u16 as u32) | ((b[1] as i16 as u16 as u32) << 16);
+                    }
+                }
+            });
+            WRepr::Pairs(data)
         } else {
             WRepr::Rows(rows)
         };
-        QuantW { n, k, scale, colsum, repr }
+        let mut wt = vec![0f32; k * n];
+        wt.par_chunks_mut(n.max(1)).enumerate().for_each(|(c, col)| {
+            for (j, v) in col.iter_mut().enumerate() {
+                *v = w[j * k + c];
+            }
+        });
+        QuantW { n, k, scale, colsum, wt, repr }
     }
 
     /// `(n, k)`: output channels and inputs.
@@ -82,18 +112,25 @@ impl QuantW {
     }
 }
 
-/// Activations `x` (`m x k`) quantized per row to u8 with a zero point.
-struct QuantX {
-    /// Rows rounded up to [`MR`], each `4 kq` bytes, zero past `k` (and in the padding rows).
-    data: Vec<u8>,
+/// Activations `x` (`m x k`) quantized per row to u8 with a zero point, stored as the kernel of
+/// the weights reads them: rows rounded up to [`MR`], each `4 kq` values, zero past `k` (and in
+/// the padding rows); bytes, or u16 for the `vpmaddwd` kernel.
+struct QuantX<T: Quantum> {
+    data: Vec<T>,
     scale: Vec<f32>,
     zero: Vec<i32>,
 }
 
-impl QuantX {
-    fn new(x: &[f32], m: usize, k: usize) -> Self {
+impl<T: Quantum> QuantX<T> {
+    /// Quantizes `x`; where `keep` is given, the columns whose `keep` is 0 are quantized as 0
+    /// and left out of the rows' ranges.
+    fn new(x: &[f32], m: usize, k: usize, keep: Option<&[f32]>) -> Self {
         let kq = k.div_ceil(4);
-        let mut data = vec![0u8; m.next_multiple_of(MR) * kq * 4];
+        // The buffer of the previous call on this thread, zeroed: a fresh allocation of this size
+        // would cost page faults on every call.
+        let mut data = T::scratch().with_borrow_mut(std::mem::take);
+        data.clear();
+        data.resize(m.next_multiple_of(MR) * kq * 4, T::default());
         let mut scale = vec![0f32; m];
         let mut zero = vec![0i32; m];
         data.par_chunks_mut((kq * 4).max(1))
@@ -101,27 +138,135 @@ impl QuantX {
             .with_min_len(16)
             .enumerate()
             .for_each(|(i, (q, (s, z)))| {
-                let (sc, zp) = quantize_row(&x[i * k..(i + 1) * k], q);
+                let (sc, zp) = T::quantize_row(&x[i * k..(i + 1) * k], keep, q);
                 (*s, *z) = (sc, zp);
             });
         QuantX { data, scale, zero }
     }
 }
 
-util::simd_fn! {
-    /// Quantizes `row` into `q` (u8 with a zero point, the range widened to contain 0); returns
-    /// the scale and zero point.
-    fn quantize_row(row: &[f32], q: &mut [u8]) -> (f32, i32) {
-        let (lo, hi) = row.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let range = hi - lo;
-        let scale = if range > 0.0 && range.is_finite() { range / 255.0 } else { 1.0 };
-        let zero = (-lo / scale).round().clamp(0.0, 255.0);
-        let inv = 1.0 / scale;
-        for (q, &v) in q.iter_mut().zip(row) {
-            *q = (v * inv + zero).round().clamp(0.0, 255.0) as u8;
-        }
-        (scale, zero as i32)
+impl<T: Quantum> Drop for QuantX<T> {
+    fn drop(&mut self) {
+        T::scratch().set(std::mem::take(&mut self.data));
     }
+}
+
+/// An element type of quantized activations (u8 values, held as `u8` or `u16`).
+trait Quantum: Copy + Default + Send + Sync + 'static {
+    /// Quantizes `row` into `q`; returns the scale and zero point.
+    fn quantize_row(row: &[f32], keep: Option<&[f32]>, q: &mut [Self]) -> (f32, i32);
+    /// This thread's spare activation buffer.
+    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Self>>>;
+}
+
+thread_local! {
+    static SCRATCH_U8: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_U16: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Quantum for u8 {
+    fn quantize_row(row: &[f32], keep: Option<&[f32]>, q: &mut [u8]) -> (f32, i32) {
+        quantize_row_u8(row, keep, q)
+    }
+    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<u8>>> {
+        &SCRATCH_U8
+    }
+}
+
+impl Quantum for u16 {
+    fn quantize_row(row: &[f32], keep: Option<&[f32]>, q: &mut [u16]) -> (f32, i32) {
+        quantize_row_u16(row, keep, q)
+    }
+    fn scratch() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<u16>>> {
+        &SCRATCH_U16
+    }
+}
+
+/// The scale and zero point of `row` (its range widened to contain 0, over 255 steps).
+#[inline(always)]
+fn row_scale(row: impl Iterator<Item = f32>) -> (f32, f32) {
+    let (lo, hi) = row.fold((0f32, 0f32), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let range = hi - lo;
+    let scale = if range > 0.0 && range.is_finite() { range / 255.0 } else { 1.0 };
+    (scale, (-lo / scale).round().clamp(0.0, 255.0))
+}
+
+/// Quantizes `row` (times `keep`, where given) into `q`: `round(v / scale) + zero`, clamped to
+/// `0..=255`; returns the scale and zero point.
+#[inline(always)]
+fn quantize_into<T>(row: &[f32], keep: Option<&[f32]>, q: &mut [T], to: impl Fn(f32) -> T) -> (f32, i32) {
+    let quantize = |v: f32, inv: f32, zero: f32| to((v * inv + zero).round_ties_even().clamp(0.0, 255.0));
+    match keep {
+        None => {
+            let (scale, zero) = row_scale(row.iter().copied());
+            let inv = 1.0 / scale;
+            for (q, &v) in q.iter_mut().zip(row) {
+                *q = quantize(v, inv, zero);
+            }
+            (scale, zero as i32)
+        }
+        Some(keep) => {
+            let (scale, zero) = row_scale(row.iter().zip(keep).map(|(&v, &m)| v * m));
+            let inv = 1.0 / scale;
+            for ((q, &v), &m) in q.iter_mut().zip(row).zip(keep) {
+                *q = quantize(v * m, inv, zero);
+            }
+            (scale, zero as i32)
+        }
+    }
+}
+
+util::simd_fn! {
+    /// Quantizes `row` into `q` (u8 with a zero point); returns the scale and zero point.
+    fn quantize_row_u8(row: &[f32], keep: Option<&[f32]>, q: &mut [u8]) -> (f32, i32) {
+        quantize_into(row, keep, q, |v| v as u8)
+    }
+}
+
+util::simd_fn! {
+    /// [`quantize_row_u8`] with the values widened to u16.
+    fn quantize_row_u16(row: &[f32], keep: Option<&[f32]>, q: &mut [u16]) -> (f32, i32) {
+        quantize_into(row, keep, q, |v| v as u16)
+    }
+}
+
+util::simd_fn! {
+    /// `amax[c] = max(amax[c], max_i |x[i, c]|)` over the rows of `x` (`amax.len()` columns).
+    fn column_absmax(x: &[f32], amax: &mut [f32]) {
+        for row in x.chunks_exact(amax.len()) {
+            for (a, &v) in amax.iter_mut().zip(row) {
+                *a = a.max(v.abs());
+            }
+        }
+    }
+}
+
+util::simd_fn! {
+    /// `y += a * w`, elementwise.
+    fn axpy(a: f32, w: &[f32], y: &mut [f32]) {
+        for (y, &w) in y.iter_mut().zip(w) {
+            *y += a * w;
+        }
+    }
+}
+
+/// Activations of magnitude above this are outliers: their columns are multiplied in f32 (as in
+/// LLM.int8()), so that they do not widen the quantization step of the other values of their rows.
+pub const OUTLIER: f32 = 6.0;
+
+/// The columns of `x` (`m x k`) holding a value of magnitude above [`OUTLIER`].
+fn outlier_columns(x: &[f32], k: usize) -> Vec<usize> {
+    let amax = x
+        .par_chunks(k * 64)
+        .fold(
+            || vec![0f32; k],
+            |mut amax, rows| {
+                column_absmax(rows, &mut amax);
+                amax
+            },
+        )
+        .reduce(|| vec![0f32; k], |a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect());
+    amax.iter().enumerate().filter(|(_, &a)| a > OUTLIER || !a.is_finite()).map(|(c, _)| c).collect()
 }
 
 util::simd_fn! {
@@ -153,53 +298,106 @@ pub fn matmul_add(x: &[f32], w: &QuantW, y: &mut [f32], ldc: usize) {
     if m == 0 || n == 0 {
         return;
     }
-    let qx = QuantX::new(x, m, k);
+    let outliers = outlier_columns(x, k);
+    let keep: Option<Vec<f32>> = (!outliers.is_empty()).then(|| {
+        let mut keep = vec![1f32; k];
+        outliers.iter().for_each(|&c| keep[c] = 0.0);
+        keep
+    });
+    let keep = keep.as_deref();
     let kq = k.div_ceil(4);
+    match &w.repr {
+        WRepr::Rows(qw) => {
+            let qx = QuantX::<u8>::new(x, m, k, keep);
+            y.par_chunks_mut(ldc).take(m).enumerate().with_min_len(MR).for_each(|(i, y)| {
+                let a = &qx.data[i * kq * 4..][..kq * 4];
+                let (sx, zx) = (qx.scale[i], qx.zero[i]);
+                for (j, y) in y[..n].iter_mut().enumerate() {
+                    let acc = dot_u8_i8(a, &qw[j * kq * 4..][..kq * 4]) - zx * w.colsum[j];
+                    *y += sx * w.scale[j] * acc as f32;
+                }
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
+        WRepr::Panels(panels) => {
+            let qx = QuantX::<u8>::new(x, m, k, keep);
+            for_each_tile(y, ldc, (m, n), NR, |c, i, (rows, q, cols)| {
+                // SAFETY: `has_vnni` held when `w` was packed (only then is it `Panels`).
+                // `qx.data` holds `mp x 4 kq` bytes with `mp` the rows rounded up to MR, so
+                // rows `i..i + MR` are inside; the panel holds `kq x NR` words from
+                // `q * kq * NR`; the per-row and per-channel vectors are read for rows `< rows`
+                // and channels `< cols` only; `c` holds the tile's `rows x cols` outputs.
+                unsafe {
+                    tile(
+                        kq,
+                        qx.data.as_ptr().add(i * kq * 4).cast(),
+                        panels.as_ptr().add(q * kq * NR),
+                        c,
+                        ldc,
+                        (rows, cols),
+                        (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
+                        (&w.scale[q * NR..q * NR + cols], &w.colsum[q * NR..q * NR + cols]),
+                    )
+                };
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
+        WRepr::Pairs(panels) => {
+            let qx = QuantX::<u16>::new(x, m, k, keep);
+            let kp = 2 * kq;
+            for_each_tile(y, ldc, (m, n), NR2, |c, i, (rows, q, cols)| {
+                // SAFETY: `has_avx2_int` held when `w` was packed (only then is it `Pairs`).
+                // `qx.data` holds `mp x 2 kp` u16 with `mp` the rows rounded up to MR, so rows
+                // `i..i + MR` are inside as `kp` words each; the panel holds `kp x NR2` words
+                // from `q * kp * NR2`; the per-row and per-channel vectors are read for rows
+                // `< rows` and channels `< cols` only; `c` holds the tile's `rows x cols` outputs.
+                unsafe {
+                    tile_avx2(
+                        kp,
+                        qx.data.as_ptr().add(i * kp * 2).cast(),
+                        panels.as_ptr().add(q * kp * NR2),
+                        c,
+                        ldc,
+                        (rows, cols),
+                        (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
+                        (&w.scale[q * NR2..q * NR2 + cols], &w.colsum[q * NR2..q * NR2 + cols]),
+                    )
+                };
+            });
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        WRepr::Panels(_) | WRepr::Pairs(_) => unreachable!("int8: x86-64 panels on another CPU"),
+    }
+    if !outliers.is_empty() {
+        y.par_chunks_mut(ldc).take(m).enumerate().with_min_len(MR).for_each(|(i, y)| {
+            for &c in &outliers {
+                axpy(x[i * k + c], &w.wt[c * n..(c + 1) * n], &mut y[..n]);
+            }
+        });
+    }
+}
+
+/// Calls `tile(c, i, (rows, q, cols))` for every tile of at most [`MR`] rows (from row `i`) and
+/// `nr` columns (panel `q`) of the `m x n` output `y` (rows `ldc` apart), in parallel blocks of
+/// [`MB`] rows; `c` is the tile's first output, and the tile may write `c[r * ldc + j]` for
+/// `r < rows`, `j < cols` (all inside `y`, owned by this call).
+#[cfg(target_arch = "x86_64")]
+fn for_each_tile(
+    y: &mut [f32],
+    ldc: usize,
+    (m, n): (usize, usize),
+    nr: usize,
+    tile: impl Fn(*mut f32, usize, (usize, usize, usize)) + Sync,
+) {
     y.par_chunks_mut(MB * ldc).enumerate().for_each(|(blk, y_rows)| {
         let i0 = blk * MB;
         let rows = MB.min(m - i0);
-        match &w.repr {
-            WRepr::Rows(qw) => {
-                for r in 0..rows {
-                    let i = i0 + r;
-                    let a = &qx.data[i * kq * 4..][..kq * 4];
-                    let (sx, zx) = (qx.scale[i], qx.zero[i]);
-                    for (j, y) in y_rows[r * ldc..r * ldc + n].iter_mut().enumerate() {
-                        let acc = dot_u8_i8(a, &qw[j * kq * 4..][..kq * 4]) - zx * w.colsum[j];
-                        *y += sx * w.scale[j] * acc as f32;
-                    }
-                }
+        for q in 0..n.div_ceil(nr) {
+            let cols = nr.min(n - q * nr);
+            for g in (0..rows).step_by(MR) {
+                let c = y_rows[g * ldc + q * nr..].as_mut_ptr();
+                tile(c, i0 + g, (MR.min(rows - g), q, cols));
             }
-            #[cfg(target_arch = "x86_64")]
-            WRepr::Panels(panels) => {
-                for q in 0..n.div_ceil(NR) {
-                    let cols = NR.min(n - q * NR);
-                    for g in (0..rows).step_by(MR) {
-                        let i = i0 + g;
-                        let rows_here = MR.min(rows - g);
-                        // SAFETY: `has_vnni` held when `w` was packed (only then is it
-                        // `Panels`). `qx.data` holds `mp x 4 kq` bytes with `mp` the rows rounded
-                        // up to MR, so rows `i..i + MR` are inside; the panel holds `kq x NR`
-                        // words from `q * kq * NR`; the per-row and per-channel vectors are read
-                        // for rows `< rows_here` and channels `< cols` only. The tile writes rows
-                        // `g..g + rows_here`, columns `q * NR..+cols` of this task's rows of `y`.
-                        unsafe {
-                            tile(
-                                kq,
-                                qx.data.as_ptr().add(i * kq * 4).cast(),
-                                panels.as_ptr().add(q * kq * NR),
-                                y_rows.as_mut_ptr().add(g * ldc + q * NR),
-                                ldc,
-                                (rows_here, cols),
-                                (&qx.scale[i..i + rows_here], &qx.zero[i..i + rows_here]),
-                                (&w.scale[q * NR..q * NR + cols], &w.colsum[q * NR..q * NR + cols]),
-                            )
-                        };
-                    }
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            WRepr::Panels(_) => unreachable!("int8: VNNI panels on a CPU without x86-64"),
         }
     });
 }
@@ -283,6 +481,66 @@ unsafe fn tile(
                 let val = _mm512_fmadd_ps(_mm512_mul_ps(sums, s), sw_v[v], _mm512_maskz_loadu_ps(m, dst));
                 _mm512_mask_storeu_ps(dst, m, val);
             }
+        }
+    }
+}
+
+/// One `MR x NR2` tile of [`matmul_add`] on AVX2 `vpmaddwd`: s32 sums over `kp` words of two
+/// u16 (`a`, row `r` at `a[r * kp..]`) and two s16 (`b`, word `p * NR2 + j`), then
+/// `c[r, j] += sx[r] * sw[j] * (acc - zx[r] * colsum[j])` for `r < rows`, `j < cols`.
+/// Every pair sum is at most `2 * 255 * 127` in magnitude, so no lane saturates.
+///
+/// # Safety
+/// The CPU must have AVX2; `a` must be valid for reads of `MR * kp` words, `b` of `kp * NR2`
+/// words and `c` for reads and writes of `c[r * ldc + j]` (`r < rows <= MR`, `j < cols <= NR2`),
+/// not accessed by another thread during the call; `sx`, `zx` must hold `rows` values and `sw`,
+/// `colsum` `cols`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    kp: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    (rows, cols): (usize, usize),
+    (sx, zx): (&[f32], &[i32]),
+    (sw, colsum): (&[f32], &[i32]),
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+    for p in 0..kp {
+        // SAFETY: reads `b[p * NR2..][..16]`, inside the `kp * NR2` words.
+        let (b0, b1) =
+            unsafe { (_mm256_loadu_si256(b.add(p * NR2).cast()), _mm256_loadu_si256(b.add(p * NR2 + 8).cast())) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: reads `a[r * kp + p]`, `r < MR` and `p < kp`.
+            let av = _mm256_set1_epi32(unsafe { *a.add(r * kp + p) } as i32);
+            acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(av, b0));
+            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(av, b1));
+        }
+    }
+    let (mut sw_l, mut cs_l) = ([0f32; NR2], [0i32; NR2]);
+    sw_l[..cols].copy_from_slice(sw);
+    cs_l[..cols].copy_from_slice(colsum);
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        let mut out = [0f32; NR2];
+        for (v, &acc) in acc.iter().enumerate() {
+            // SAFETY: `out`, `sw_l` and `cs_l` hold NR2 = 16 values, read and written at `v * 8..+8`.
+            unsafe {
+                let cs = _mm256_loadu_si256(cs_l.as_ptr().add(v * 8).cast());
+                let sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(zx[r]), cs)));
+                let scaled = _mm256_mul_ps(
+                    _mm256_mul_ps(sums, _mm256_set1_ps(sx[r])),
+                    _mm256_loadu_ps(sw_l.as_ptr().add(v * 8)),
+                );
+                _mm256_storeu_ps(out.as_mut_ptr().add(v * 8), scaled);
+            }
+        }
+        for (j, &o) in out.iter().enumerate().take(cols) {
+            // SAFETY: `r < rows` and `j < cols`: inside the tile the caller lent.
+            unsafe { *c.add(r * ldc + j) += o };
         }
     }
 }

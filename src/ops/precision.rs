@@ -8,7 +8,7 @@
 //!   in f32 (emulated: the same numbers, no speed-up).
 //! - `int8` (inference only): dense layers with per-output-channel symmetric s8 weights and
 //!   per-row u8 activations, s32 accumulation ([`super::int8`]); `vpdpbusd` with AVX512-VNNI,
-//!   else the same integer arithmetic in portable code.
+//!   else `vpmaddwd` with AVX2, else the same integer arithmetic in portable code.
 //!
 //! `EASYNLP_CPU_FEATURES=portable` forces the portable paths (for tests, or to compare).
 
@@ -57,10 +57,11 @@ impl Precision {
             }
             Precision::Bf16 => "bf16 emulated (bf16 rounding, f32 products: this CPU lacks AVX512-BF16)",
             Precision::Int8 if has_vnni() => "int8 AVX512-VNNI (vpdpbusd)",
+            Precision::Int8 if has_avx2_int() => "int8 AVX2 (vpmaddwd; this CPU lacks AVX512-VNNI)",
             Precision::Int8 if forced_portable() => {
                 "int8 emulated (portable integer code: EASYNLP_CPU_FEATURES=portable)"
             }
-            Precision::Int8 => "int8 emulated (portable integer code: this CPU lacks AVX512-VNNI)",
+            Precision::Int8 => "int8 emulated (portable integer code: this CPU lacks AVX512-VNNI and AVX2)",
         }
     }
 }
@@ -115,6 +116,19 @@ pub(crate) fn has_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         !forced_portable() && has_avx512() && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the int8 kernels run on AVX2 `vpmaddwd` (AVX2 without AVX512-VNNI, not forced
+/// portable).
+pub(crate) fn has_avx2_int() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !forced_portable() && !has_vnni() && super::util::has_avx2()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

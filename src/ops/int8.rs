@@ -4,6 +4,10 @@
 //! the store:
 //! `y[i, j] = b[j] + sx[i] * sw[j] * (sum_k qx[i, k] * qw[j, k] - zx[i] * sum_k qw[j, k])`.
 //!
+//! Activation columns holding a value above [`OUTLIER`] in magnitude are left out of the
+//! quantization and multiplied in f32 (the mixed decomposition of LLM.int8()), so that BERT's few
+//! outlier features do not widen the step of every row.
+//!
 //! With AVX512-VNNI ([`super::precision::has_vnni`]) the products run on `vpdpbusd` (u8 x s8,
 //! four per 32-bit lane) in a 6 x 64 register tile; with AVX2 alone
 //! ([`super::precision::has_avx2_int`]) on `vpmaddwd` (both widened to s16, two per 32-bit lane,

@@ -17,7 +17,7 @@ use crate::model::zoo::resolve_model;
 use crate::persist::DirLock;
 use crate::rng::Rng;
 use crate::train::checkpoints::{check_same_run, read_saved_state, CheckpointWriter};
-use crate::train::trainer::{train, Resume, TrainSettings, TrainTask};
+use crate::train::trainer::{check_world_size, train, Resume, TrainSettings, TrainTask};
 use anyhow::Result;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -91,6 +91,7 @@ impl<'a> RunStart<'a> {
         let fingerprint = run_fingerprint(cfg, labels, model_dir, seed)?;
         if let Some((from, (state, _, _))) = &saved {
             check_same_run(&state.fingerprint, &fingerprint, from)?;
+            check_world_size(state.progress.world_size, crate::dist::world().size())?;
         }
         let writer = match lock {
             Some(lock) => CheckpointWriter::new(

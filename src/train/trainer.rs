@@ -260,13 +260,7 @@ pub fn train(
     let mut saved_step = None;
     sync::broadcast_params(params, world)?;
     if let Some(resume) = resume {
-        if resume.state.world_size != ranks {
-            bail!(
-                "the saved training state was written by a run of {} worker(s); this run has {ranks}: resume with \
-                 the same number of workers (--worker_gpu / mpirun -np), or train anew",
-                resume.state.world_size
-            );
-        }
+        check_world_size(resume.state.world_size, ranks)?;
         let saved_cursor = (resume.state.epoch, resume.state.next_micro_batch);
         if resume.state.seed != s.seed || saved_cursor != plan.cursor(resume.state.global_step) {
             bail!(
@@ -472,6 +466,17 @@ fn reduce_losses(
     }
     world.all_reduce_sum_f64(&mut flat);
     Ok(flat.chunks(width).map(|c| (c[0], c[1..].to_vec())).collect())
+}
+
+/// A saved state of `saved` workers continues only with as many.
+pub fn check_world_size(saved: usize, now: usize) -> Result<()> {
+    if saved != now {
+        bail!(
+            "the saved training state was written by a run of {saved} worker(s); this run has {now}: resume with the \
+             same number of workers (--worker_gpu / mpirun -np), or train anew"
+        );
+    }
+    Ok(())
 }
 
 /// A loss as an `f64`.

@@ -263,7 +263,7 @@ fn a_killed_worker_ends_the_job_and_the_saved_state_needs_as_many_workers() {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ckpt.join("latest/trainer_state.json")).unwrap()).unwrap();
     let step = state["global_step"].as_u64().unwrap();
-    assert!(step >= 2 && step % 2 == 0, "{state}");
+    assert!(step >= 2 && step.is_multiple_of(2), "{state}");
     assert_eq!(weights(&ckpt).len(), weights(&ckpt.join("latest")).len());
     let leftovers: Vec<_> = std::fs::read_dir(f.tmp.path())
         .unwrap()

@@ -51,7 +51,7 @@ pub fn model_outputs(
 /// Runs `compute` (per-row values of one batch, in its order) on this rank's batches (batch `k`
 /// on rank `k % size`) and gathers every row's values on every rank: `out[i]` for example `i`
 /// of `n`.
-fn sharded_rows(
+pub fn sharded_rows(
     batches: &[Vec<usize>],
     n: usize,
     mut compute: impl FnMut(&[usize]) -> Result<Vec<Vec<f32>>>,

@@ -1,34 +1,31 @@
-//! Choosing the compute device from `--worker_gpu` / `--worker_count`.
+//! Choosing the compute device from `--worker_gpu` and the worker's local rank (the worker
+//! flags themselves are checked in `config::workers`).
 
 use anyhow::{bail, Result};
 use candle_core::Device;
 
-/// The device for `--worker_gpu=N --worker_count=M`: a CUDA GPU when this build has the `cuda`
-/// feature and one is present, else the CPU (said once when GPUs were asked for).
-pub fn select(worker_gpu: i64, worker_count: usize) -> Result<Device> {
-    if worker_count != 1 {
-        bail!("--worker_count={worker_count}: only one node is supported");
-    }
+/// The device of the worker with local rank `local_rank` under `--worker_gpu=N`: CUDA GPU
+/// `local_rank` (modulo the GPUs there are) when this build has the `cuda` feature and a GPU is
+/// present, else the CPU (said once when GPUs were asked for).
+pub fn select(worker_gpu: i64, local_rank: usize) -> Result<Device> {
     if worker_gpu == 0 || worker_gpu < -1 {
-        bail!("--worker_gpu={worker_gpu}: use 1 (one worker) or -1 (whatever is there)");
+        bail!("--worker_gpu={worker_gpu}: use N >= 1 workers per machine, or -1");
     }
     let gpus = gpu_count();
-    if worker_gpu > 1 && worker_gpu as usize > gpus.max(1) {
-        bail!("--worker_gpu={worker_gpu}: this machine has {gpus} usable GPU(s); multi-GPU training is not supported, use 1");
-    }
-    if worker_gpu > 1 {
-        bail!("--worker_gpu={worker_gpu}: multi-GPU data parallelism is not supported, use 1");
-    }
     if gpus > 0 {
-        let device = Device::new_cuda(0)?;
-        crate::logging::info("running on CUDA GPU 0");
+        let gpu = local_rank % gpus;
+        let device = Device::new_cuda(gpu)?;
+        if worker_gpu > gpus as i64 {
+            crate::logging::info(format!("--worker_gpu={worker_gpu} on {gpus} GPU(s): workers share GPUs"));
+        }
+        crate::logging::info(format!("running on CUDA GPU {gpu}"));
         return Ok(device);
     }
-    if worker_gpu == 1 {
+    if worker_gpu >= 1 && local_rank == 0 {
         crate::logging::info(if cfg!(feature = "cuda") {
-            "--worker_gpu=1: no CUDA GPU found, running on the CPU"
+            format!("--worker_gpu={worker_gpu}: no CUDA GPU found, running on the CPU")
         } else {
-            "--worker_gpu=1: this build has no CUDA support, running on the CPU"
+            format!("--worker_gpu={worker_gpu}: this build has no CUDA support, running on the CPU")
         });
     }
     Ok(Device::Cpu)

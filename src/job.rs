@@ -17,7 +17,7 @@ use crate::model::zoo::resolve_model;
 use crate::persist::DirLock;
 use crate::rng::Rng;
 use crate::train::checkpoints::{check_same_run, read_saved_state, CheckpointWriter};
-use crate::train::trainer::{train, Resume, TrainSettings, TrainTask};
+use crate::train::trainer::{check_world_size, train, Resume, TrainSettings, TrainTask};
 use anyhow::Result;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -46,7 +46,29 @@ impl<'a> RunStart<'a> {
         device: &Device,
     ) -> Result<Self> {
         let dir = cfg.checkpoint_dir();
-        let lock = DirLock::acquire(&dir)?;
+        // Data parallel: rank 0 holds the directory (and settles any interrupted save in it)
+        // before the other ranks read the state to resume from.
+        let world = crate::dist::world();
+        let lock = if world.is_root() { Some(DirLock::acquire(&dir)?) } else { None };
+        let start = Self::begin_locked(cfg, (config, labels, model_dir), lock, &dir, device);
+        if world.is_root() {
+            // An error on rank 0 ends the job (see `dist::World::abort_on_error`) instead.
+            world.barrier();
+        }
+        start
+    }
+
+    /// [`Self::begin`] once rank 0 holds the directory (`lock`, None on the other ranks).
+    fn begin_locked(
+        cfg: &RunConfig,
+        (config, labels, model_dir): (&'a BertConfig, &'a LabelSet, &Path),
+        lock: Option<DirLock>,
+        dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        if lock.is_none() {
+            crate::dist::world().barrier();
+        }
         // The directory resumed from, with its saved state, optimizer moments and latest folder.
         let saved = match cfg.args.resume_from_checkpoint.as_deref().map(Path::new) {
             Some(from) => Some((from, read_saved_state(from, device)?)),
@@ -56,6 +78,8 @@ impl<'a> RunStart<'a> {
             Some((_, (state, _, _))) if cfg.args.random_seed <= 0 => state.progress.seed,
             _ => cfg.seed,
         };
+        // A drawn seed is rank 0's on every rank.
+        let seed = broadcast_seed(seed);
         if cfg.args.random_seed <= 0 {
             let origin = if saved.is_some() { "the resumed run's seed" } else { "drew a seed" };
             logging::info(format!(
@@ -67,23 +91,40 @@ impl<'a> RunStart<'a> {
         let fingerprint = run_fingerprint(cfg, labels, model_dir, seed)?;
         if let Some((from, (state, _, _))) = &saved {
             check_same_run(&state.fingerprint, &fingerprint, from)?;
+            check_world_size(state.progress.world_size, crate::dist::world().size())?;
         }
-        let writer = CheckpointWriter::new(
-            lock,
-            (config, labels, model_dir),
-            train_config_json(cfg, model_dir, seed),
-            cfg.args.save_all_checkpoints,
-            &fingerprint,
-        );
+        let writer = match lock {
+            Some(lock) => CheckpointWriter::new(
+                lock,
+                (config, labels, model_dir),
+                train_config_json(cfg, model_dir, seed),
+                cfg.args.save_all_checkpoints,
+                &fingerprint,
+            ),
+            None => CheckpointWriter::follower(
+                dir,
+                (config, labels, model_dir),
+                cfg.args.save_all_checkpoints,
+                &fingerprint,
+            ),
+        };
         let (resume, weights_source) = match saved {
             Some((from, (state, optimizer, latest))) => {
-                writer.adopt_best_model(from)?;
+                if crate::dist::world().is_root() {
+                    writer.adopt_best_model(from)?;
+                }
                 (Some(Resume { state: state.progress, optimizer }), latest)
             }
             None => (None, model_dir.to_path_buf()),
         };
         Ok(RunStart { writer, resume, seed, weights_source })
     }
+}
+
+/// Rank 0's seed on every rank.
+fn broadcast_seed(seed: u64) -> u64 {
+    let bytes = crate::dist::world().broadcast_bytes(seed.to_le_bytes().to_vec());
+    bytes.try_into().map_or(seed, u64::from_le_bytes)
 }
 
 /// Everything that shapes a run, in a fixed order, as `(name, value)`; file contents by SHA-256.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod digest;
+pub mod dist;
 pub mod distill;
 pub mod format;
 pub mod interrupt;

@@ -4,14 +4,26 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The bar on the terminal, if one is drawn.
 static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
+/// Whether informational lines and the bar are off (the data-parallel workers other than rank 0).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Turns informational lines and the progress bar off (warnings still print).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
 /// Logs one informational line.
 pub fn info(msg: impl std::fmt::Display) {
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
     line("INFO", msg);
 }
 
@@ -35,7 +47,7 @@ fn line(level: &str, msg: impl std::fmt::Display) {
 /// `done` reaches `total`. The rate and ETA count from the first call, so a resumed run's ETA is
 /// that of the steps left.
 pub fn progress(done: usize, total: usize, label: &str) {
-    if total == 0 || !std::io::stderr().is_terminal() {
+    if total == 0 || QUIET.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
         return;
     }
     let mut slot = BAR.lock().unwrap_or_else(|e| e.into_inner());

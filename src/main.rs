@@ -15,8 +15,18 @@ fn main() {
         std::process::exit(1);
     }
     if let Err(err) = easynlp::run(args) {
+        let code = match (
+            err.downcast_ref::<easynlp::interrupt::Interrupted>(),
+            err.downcast_ref::<easynlp::dist::JobFailed>(),
+        ) {
+            (Some(i), _) => i.exit_code(),
+            (None, Some(failed)) => failed.code,
+            (None, None) => 1,
+        };
+        // One rank of several: its error (with its rank) ends the whole job at once.
+        easynlp::dist::world().abort_on_error(&format!("{err:#}"), code);
         eprintln!("error: {err:#}");
-        let code = err.downcast_ref::<easynlp::interrupt::Interrupted>().map_or(1, |i| i.exit_code());
         std::process::exit(code);
     }
+    easynlp::dist::finalize();
 }

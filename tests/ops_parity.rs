@@ -6,6 +6,7 @@
 //! any NaN or infinity in either tensor counts as a failure.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use easynlp::ops::dropout::DropoutSite;
 use easynlp::ops::{self, reference};
 
 const TOL: f32 = 1e-5;
@@ -247,16 +248,27 @@ fn non_f32_inputs_fall_back_to_reference() {
 
 /// Unfused attention from packed `[B, L, 3H]` projections, with the dropout mask materialised
 /// from the same counter-based generator as the fused kernel.
-fn reference_attention(qkv: &Tensor, mask: &Tensor, heads: usize, dropout: Option<(f32, u64)>) -> Result<Tensor> {
+fn reference_attention(qkv: &Tensor, mask: &Tensor, heads: usize, dropout: Option<DropoutSite>) -> Result<Tensor> {
     let (b, l, h3) = qkv.dims3()?;
     let (h, dh) = (h3 / 3, h3 / 3 / heads);
     let split = |i: usize| qkv.narrow(2, i * h, h)?.reshape((b, l, heads, dh))?.transpose(1, 2)?.contiguous();
     let (q, k, v) = (split(0)?, split(1)?, split(2)?);
     let scores = q.matmul(&k.t()?)?;
     let mut probs = reference::attention_softmax(&scores, mask, 1.0 / (dh as f64).sqrt())?;
-    if let Some((p, seed)) = dropout {
-        let n = (b * heads * l * l) as u64;
-        let factors: Vec<f32> = (0..n).map(|i| ops::dropout::mask_factor(seed, i, 1.0 - p)).collect();
+    if let Some(site) = dropout {
+        // Element (row, head, query, key) keyed by the row's seed and its packed coordinates.
+        let mut factors = Vec::with_capacity(b * heads * l * l);
+        for bi in 0..b {
+            let seed = ops::dropout::row_seed(site.seed, bi as u64);
+            for hi in 0..heads {
+                for i in 0..l {
+                    for j in 0..l {
+                        let key = ((hi as u64) << 40) | ((i as u64) << 20) | j as u64;
+                        factors.push(ops::dropout::mask_factor(seed, key, site.keep()));
+                    }
+                }
+            }
+        }
         probs = probs.mul(&Tensor::from_vec(factors, (b, heads, l, l), &Device::Cpu)?)?;
     }
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))
@@ -277,12 +289,12 @@ fn fused_attention_parity() {
     let mut rng = Rng(21);
     for (l, h, heads) in [(7, 48, 4), (37, 64, 2), (70, 128, 2)] {
         let mask = if l == 7 { padding_mask() } else { padding_mask_of(l, l / 3) };
-        for dropout in [None, Some((0.1f32, 77u64))] {
+        for dropout in [None, Some(DropoutSite::new(0.1, 77))] {
             let qkv = rng.tensor(&[2, l, 3 * h], -1.5, 1.5);
             check_parity(
                 &format!("fused_attention l={l} dh={} dropout={dropout:?}", h / heads),
-                &|t| ops::fused_attention(&t[0], &mask, heads, dropout),
-                &|t| reference_attention(&t[0], &mask, heads, dropout),
+                &|t| ops::fused_attention(&t[0], &mask, heads, dropout.clone()),
+                &|t| reference_attention(&t[0], &mask, heads, dropout.clone()),
                 &[qkv],
                 &mut rng,
             );
@@ -295,11 +307,43 @@ fn dropout_parity_and_rate() {
     let mut rng = Rng(5);
     let x = rng.tensor(&[3, 50, 40], -1.0, 1.0);
     let (p, seed) = (0.25f32, 1234u64);
-    let factors: Vec<f32> = (0..6000u64).map(|i| ops::dropout::mask_factor(seed, i, 1.0 - p)).collect();
+    // Row r, position pos, column c: the row's seed and the key pos << 20 | c.
+    let mut factors = Vec::new();
+    for r in 0..3u64 {
+        let row = ops::dropout::row_seed(seed, r);
+        for pos in 0..50u64 {
+            factors.extend((0..40u64).map(|c| ops::dropout::mask_factor(row, (pos << 20) | c, 1.0 - p)));
+        }
+    }
     let kept = factors.iter().filter(|f| **f > 0.0).count() as f32 / 6000.0;
     assert!((kept - 0.75).abs() < 0.03, "keep rate {kept}");
     let mask = Tensor::from_vec(factors, (3, 50, 40), &Device::Cpu).unwrap();
-    check_parity("dropout", &|t| ops::dropout(&t[0], p, seed), &|t| t[0].mul(&mask), &[x], &mut rng);
+    let site = DropoutSite::new(p, seed);
+    check_parity("dropout", &|t| ops::dropout(&t[0], &site), &|t| t[0].mul(&mask), &[x], &mut rng);
+}
+
+/// A row's mask depends on its global id, not on its place in the batch, the other rows or the
+/// padding: the masks data-parallel workers draw for their shares of a batch are the masks one
+/// worker draws for the whole batch.
+#[test]
+fn dropout_masks_are_keyed_by_global_row() {
+    let mut rng = Rng(9);
+    let x = rng.tensor(&[4, 6, 8], -1.0, 1.0);
+    let site = |rows: &[u64]| DropoutSite::with_rows(0.3, 42, rows.into());
+    let whole = ops::dropout(&x, &site(&[10, 11, 12, 13])).unwrap();
+    // Rows 1 and 3 alone (a worker's share), and padded to 9 positions.
+    let share = x.index_select(&Tensor::new(&[1u32, 3], &Device::Cpu).unwrap(), 0).unwrap();
+    let padded = Tensor::cat(&[&share, &Tensor::zeros((2, 3, 8), DType::F32, &Device::Cpu).unwrap()], 1).unwrap();
+    let alone = ops::dropout(&padded, &site(&[11, 13])).unwrap().narrow(1, 0, 6).unwrap();
+    let expect = whole.index_select(&Tensor::new(&[1u32, 3], &Device::Cpu).unwrap(), 0).unwrap();
+    let diff = (alone - expect).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(diff, 0.0);
+    // Another id, another mask.
+    let other = ops::dropout(&x, &site(&[10, 11, 12, 14])).unwrap();
+    let d = (other - &whole).unwrap().narrow(0, 3, 1).unwrap().abs().unwrap().sum_all().unwrap();
+    assert!(d.to_scalar::<f32>().unwrap() > 0.0);
+    // Ids must fit the batch.
+    assert!(ops::dropout(&x, &site(&[1, 2])).is_err());
 }
 
 #[test]

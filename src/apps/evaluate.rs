@@ -61,6 +61,10 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         }
     };
     let json = serde_json::to_string_pretty(&metrics)?;
+    // Data parallel: every worker evaluated its share; rank 0 prints and writes.
+    if !crate::dist::world().is_root() {
+        return Ok(());
+    }
     // Printed once when --outputs is stdout itself.
     if dest != Some(Destination::Stdout) {
         println!("{json}");

@@ -61,7 +61,9 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
     if lines.is_empty() {
         bail!("{}: the table has no rows", table.display());
     }
-    let mut out = OutputFile::create(out_path, &dest)?;
+    // Data parallel: every worker computes its batches of each chunk, rank 0 writes all rows.
+    let root = crate::dist::world().is_root();
+    let mut out = if root { Some(OutputFile::create(out_path, &dest)?) } else { None };
     // From here a signal stops at the next chunk or batch, which removes the temporary file.
     crate::interrupt::defer();
     let mut ids = Rng::from_entropy();
@@ -80,6 +82,10 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
             .collect::<Result<_>>()?;
         let examples = encode_rows(&rows, table, &cfg.columns, &cfg.schema.names(), &tokenizer, None)?;
         let ModelOutputs { logits, probs } = model_outputs(&model, &examples, cfg.args.micro_batch_size, device)?;
+        let Some(out) = out.as_mut() else {
+            written += rows.len();
+            continue;
+        };
         for (i, row) in rows.iter().enumerate() {
             let mut cols: Vec<String> = Vec::with_capacity(outputs.len() + append.len());
             for o in &outputs {
@@ -104,6 +110,9 @@ pub fn run(cfg: &RunConfig, device: &Device) -> Result<()> {
         written += rows.len();
         logging::progress(written, lines.len(), "rows predicted");
     }
+    let Some(out) = out else {
+        return Ok(());
+    };
     match sidecar {
         Some((path, side_dest)) => {
             // A teacher logits export: fingerprint the input so KD can check the join. Both files

@@ -4,8 +4,10 @@
 use crate::config::args::{Args, Mode};
 use crate::config::report::ReportConfig;
 use crate::config::run::{PrepConfig, RunConfig};
+use crate::config::workers::{self, Workers};
+use crate::dist;
 use crate::{apps, metakd, report};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// A validated invocation: a text-app run, or a Meta-KD data-preparation step.
 #[derive(Clone, Debug)]
@@ -31,13 +33,36 @@ impl Invocation {
     }
 }
 
-/// Runs one `easynlp` invocation.
+/// Runs one `easynlp` invocation: in this process, as one rank of an MPI world, or by starting
+/// `--worker_gpu` workers through `mpirun`.
 pub fn run(args: Args) -> Result<()> {
-    if let Some(threads) = args.data_threads.or(args.predict_thread_num) {
-        if threads > 0 {
-            // Read by rayon and by candle's matmul when they first start their thread pools.
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let world = match workers::plan(&args, dist::launcher_size(), dist::MPI_BUILD)? {
+        Workers::Launch { np } => return launch(np),
+        Workers::Join => dist::init()?,
+        Workers::Single => dist::world(),
+    };
+    workers::check_world(&args, world)?;
+    // Rank 0 speaks for the job.
+    crate::logging::set_quiet(!world.is_root());
+    let threads = match args.data_threads.or(args.predict_thread_num) {
+        Some(threads) if threads > 0 => Some(threads),
+        _ if world.local_size() > 1 => {
+            let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Some(workers::threads_per_rank(available, world.local_size()))
         }
+        _ => None,
+    };
+    if let Some(threads) = threads {
+        // Read by rayon and by candle's matmul when they first start their thread pools.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if world.is_distributed() && world.is_root() {
+        crate::logging::info(format!(
+            "data parallel: {} workers ({} on this machine, {} compute threads each)",
+            world.size(),
+            world.local_size(),
+            threads.map_or_else(|| "all".to_string(), |t| t.to_string())
+        ));
     }
     let kernels = crate::ops::Kernels::from_env().map_err(anyhow::Error::msg)?;
     crate::ops::set_kernels(kernels);
@@ -46,14 +71,40 @@ pub fn run(args: Args) -> Result<()> {
     }
     match Invocation::from_args(args)? {
         Invocation::Text(cfg) => run_text(&cfg),
-        Invocation::MetakdPrep(prep) => run_prep(&prep),
-        Invocation::Report(cfg) => report::run(&cfg.runs, &cfg.outputs),
+        // Data preparation and reports write files from one process: rank 0's.
+        Invocation::MetakdPrep(prep) => on_root(world, || run_prep(&prep)),
+        Invocation::Report(cfg) => on_root(world, || report::run(&cfg.runs, &cfg.outputs)),
     }
+}
+
+/// Runs `f` on rank 0 only; the other ranks wait for it.
+fn on_root(world: &dist::World, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let result = if world.is_root() { f() } else { Ok(()) };
+    if result.is_ok() {
+        world.barrier();
+    }
+    result
+}
+
+/// `easynlp --worker_gpu=N` outside an MPI world: starts N workers of this same command line
+/// through `mpirun` on this machine and waits for them.
+fn launch(np: usize) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find this program's path to start its workers")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut cmd = workers::mpirun_command(np, &exe, &args);
+    crate::logging::info(format!("--worker_gpu={np}: starting {np} workers through mpirun"));
+    let status = cmd.status().with_context(|| {
+        format!("cannot start mpirun for --worker_gpu={np} (is Open MPI installed? bash scripts/install_mpi.sh)")
+    })?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(dist::JobFailed { np, code: status.code().unwrap_or(1) }.into())
 }
 
 /// A text-app run, by `--mode` and, in train, by the kind of training the settings select.
 fn run_text(cfg: &RunConfig) -> Result<()> {
-    let device = crate::device::select(cfg.args.worker_gpu, cfg.args.worker_count)?;
+    let device = crate::device::select(cfg.args.worker_gpu, dist::world().local_rank())?;
     crate::ops::precision::set_global(cfg.precision);
     if cfg.precision != crate::ops::Precision::F32 {
         if !device.is_cpu() {

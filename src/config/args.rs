@@ -144,11 +144,11 @@ pub struct Args {
     #[arg(long = "save_checkpoint_steps")]
     pub save_checkpoint_steps: Option<usize>,
 
-    /// GPU workers per node; without a GPU (or a CUDA build), 1 means one CPU worker. -1: whatever is there.
+    /// Workers per machine (GPUs in a CUDA build, else CPU workers): N > 1 starts N data-parallel workers through mpirun (`--features mpi`). -1: one, or what mpirun started.
     #[arg(long = "worker_gpu", default_value_t = -1, allow_negative_numbers = true)]
     pub worker_gpu: i64,
 
-    /// Number of nodes (only 1 is supported).
+    /// Number of machines (several: start the workers with `mpirun -H ...`, `--features mpi`).
     #[arg(long = "worker_count", default_value_t = 1)]
     pub worker_count: usize,
 
@@ -224,11 +224,11 @@ pub struct Args {
     #[arg(long = "predict_table_read_thread_num", default_value_t = 16)]
     pub predict_table_read_thread_num: usize,
 
-    /// Accepted for compatibility (set by torch.distributed.launch); ignored.
+    /// The worker's rank on its machine: must equal MPI's (0 without MPI); leave it out.
     #[arg(long = "local_rank")]
     pub local_rank: Option<i64>,
 
-    /// Accepted for compatibility; there is one process.
+    /// Collectives of the workers: `mpi` (the only one built in; needs `--features mpi`).
     #[arg(long = "distributed_backend")]
     pub distributed_backend: Option<String>,
 }

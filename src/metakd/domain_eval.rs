@@ -11,7 +11,7 @@ use crate::metrics::EvalReport;
 use crate::model::bert::ForwardCtx;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::classifier::Classifier;
-use crate::model::infer::{argmax, evaluate_examples};
+use crate::model::infer::{argmax, evaluate_examples, sharded_rows};
 use anyhow::{bail, Result};
 use candle_core::{Device, D};
 use serde_json::{json, Value};
@@ -36,17 +36,20 @@ pub fn score_rows(
 ) -> Result<Vec<RowScore>> {
     let ctx = ForwardCtx::eval();
     let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
-    let mut scores = vec![RowScore { pred: 0, label: 0, loss: 0.0 }; examples.len()];
-    for idx in bucketed_batches(&lengths, batch_size, None) {
+    // Data parallel: each worker computes its batches, every worker gets every row.
+    let log_probs = sharded_rows(&bucketed_batches(&lengths, batch_size, None), examples.len(), |idx| {
         let rows: Vec<&Example> = idx.iter().map(|&i| &examples[i]).collect();
         let batch = make_batch(&rows, device)?;
-        let log_probs = candle_nn::ops::log_softmax(&model.forward(&batch, &ctx)?, D::Minus1)?.to_vec2::<f32>()?;
-        for (&i, lp) in idx.iter().zip(&log_probs) {
-            let label = examples[i].label.expect("evaluation rows carry labels") as usize;
-            scores[i] = RowScore { pred: argmax(lp), label, loss: -(lp[label] as f64) };
-        }
-    }
-    Ok(scores)
+        Ok(candle_nn::ops::log_softmax(&model.forward(&batch, &ctx)?, D::Minus1)?.to_vec2::<f32>()?)
+    })?;
+    Ok(examples
+        .iter()
+        .zip(&log_probs)
+        .map(|(e, lp)| {
+            let label = e.label.expect("evaluation rows carry labels") as usize;
+            RowScore { pred: argmax(lp), label, loss: -(lp[label] as f64) }
+        })
+        .collect())
 }
 
 /// Metrics per domain (domains without rows left out), and over all rows.

@@ -2,6 +2,7 @@
 
 use super::config::BertConfig;
 use crate::ops;
+use crate::ops::dropout::DropoutSite;
 use crate::ops::encoder_layer::{LayerDropout, LayerParams, LayerPrecision, LayerWeights};
 use crate::ops::Precision;
 use crate::rng::Rng;
@@ -12,30 +13,49 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Gets a weight tensor by its full name (`bert.encoder.layer.0...`).
 pub type WeightFn<'a> = dyn Fn(&str) -> anyhow::Result<Tensor> + 'a;
 
-/// Training state threaded through a forward pass: dropout on/off and its random source.
+/// Training state threaded through a forward pass: dropout on/off, its random source (one seed
+/// per dropout site, drawn in order) and the global ids of the batch's rows, which key the masks
+/// (see [`ops::dropout`]).
 pub struct ForwardCtx {
     /// Whether dropout is active.
     pub train: bool,
     rng: RefCell<Rng>,
+    rows: Option<Arc<[u64]>>,
 }
 
 impl ForwardCtx {
     /// Inference: no dropout.
     pub fn eval() -> Self {
-        ForwardCtx { train: false, rng: RefCell::new(Rng::new(0)) }
+        ForwardCtx { train: false, rng: RefCell::new(Rng::new(0)), rows: None }
     }
 
-    /// Training: dropout drawn from a generator seeded by `seed`.
+    /// Training: dropout sites seeded from `seed`, each row's masks keyed by its position in
+    /// the batch.
     pub fn train(seed: u64) -> Self {
-        ForwardCtx { train: true, rng: RefCell::new(Rng::new(seed)) }
+        ForwardCtx { train: true, rng: RefCell::new(Rng::new(seed)), rows: None }
+    }
+
+    /// Training on a batch whose rows have the global ids `rows` (their indices in the training
+    /// set): a row draws the same masks in whatever batch, and on whatever worker, it is.
+    pub fn train_rows(seed: u64, rows: Arc<[u64]>) -> Self {
+        ForwardCtx { train: true, rng: RefCell::new(Rng::new(seed)), rows: Some(rows) }
     }
 
     /// Inverted dropout with probability `p`; identity outside training.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        match self.dropout_seed(p) {
-            Some(seed) => ops::dropout(x, p as f32, seed),
+        match self.dropout_site(p) {
+            Some(site) => ops::dropout(x, &site),
             None => Ok(x.clone()),
         }
+    }
+
+    /// The next dropout site with probability `p`, when dropout is active.
+    pub fn dropout_site(&self, p: f64) -> Option<DropoutSite> {
+        let seed = self.dropout_seed(p)?;
+        Some(match &self.rows {
+            Some(rows) => DropoutSite::with_rows(p as f32, seed, rows.clone()),
+            None => DropoutSite::new(p as f32, seed),
+        })
     }
 
     /// A fresh mask seed when dropout with probability `p` is active.
@@ -287,7 +307,7 @@ impl Bert {
     /// path of [`Self::layer_forward`].
     fn dropout(&self, ctx: &ForwardCtx) -> LayerDropout {
         let (p_attn, p_hidden) = (self.cfg.attention_probs_dropout_prob, self.cfg.hidden_dropout_prob);
-        let site = |p: f64| ctx.dropout_seed(p).map(|seed| (p as f32, seed));
+        let site = |p: f64| ctx.dropout_site(p);
         LayerDropout { attn_probs: site(p_attn), attn_out: site(p_hidden), ffn_out: site(p_hidden) }
     }
 
@@ -314,7 +334,7 @@ impl Bert {
         }
         let qkv = ops::linear(x, &layer.qkv_w, &layer.qkv_b)?;
         let (context, probs) = if !keep_probs && ops::attention::supported(&qkv) {
-            let dropout = ctx.dropout_seed(p_attn).map(|seed| (p_attn as f32, seed));
+            let dropout = ctx.dropout_site(p_attn);
             (ops::fused_attention(&qkv, mask_bias, heads, dropout)?, None)
         } else {
             let dh = self.cfg.head_dim();

@@ -12,15 +12,15 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::dropout::{mask_in_place, mask_into};
+use super::dropout::{coord, mask_in_place, mask_into, mask_probs_in_place, mask_probs_into, DropoutSite};
 use super::{head_matmul, math, util};
 
 /// Attention context `[B, L, H]` from packed projections `qkv` `[B, L, 3H]` (query, key, value
 /// blocks of H columns, each split into `heads` heads) and an additive `mask_bias` `[B, L]`
-/// (0 for real tokens, a large negative value for padding; no gradient). With `dropout` =
-/// `Some((p, seed))` the attention probabilities are dropped with probability `p`. CPU f32 only:
+/// (0 for real tokens, a large negative value for padding; no gradient). With `dropout` the
+/// attention probabilities are dropped at that site (probability `p`, masks keyed by row). CPU f32 only:
 /// callers use the unfused path elsewhere (see [`supported`]).
-pub fn fused_attention(qkv: &Tensor, mask_bias: &Tensor, heads: usize, dropout: Option<(f32, u64)>) -> Result<Tensor> {
+pub fn fused_attention(qkv: &Tensor, mask_bias: &Tensor, heads: usize, dropout: Option<DropoutSite>) -> Result<Tensor> {
     let (b, l, h3) = qkv.dims3()?;
     if h3 % (3 * heads) != 0 {
         bail!("fused_attention: {h3} columns do not split into 3 x {heads} heads");
@@ -28,7 +28,7 @@ pub fn fused_attention(qkv: &Tensor, mask_bias: &Tensor, heads: usize, dropout: 
     if mask_bias.dims() != [b, l] {
         bail!("fused_attention: mask_bias must be [{b}, {l}], got {:?}", mask_bias.dims());
     }
-    let op = Attention { heads, dropout: dropout.filter(|(p, _)| *p > 0.0) };
+    let op = Attention { heads, dropout: dropout.filter(|d| d.p > 0.0) };
     qkv.contiguous()?.apply_op2(&mask_bias.detach().contiguous()?, op)
 }
 
@@ -37,11 +37,11 @@ pub fn supported(qkv: &Tensor) -> bool {
     util::use_fused(&[qkv])
 }
 
-/// The attention core of `heads` heads, with `dropout` `(p, seed)` of the probabilities.
-#[derive(Clone, Copy)]
+/// The attention core of `heads` heads, with `dropout` of the probabilities.
+#[derive(Clone)]
 pub(crate) struct Attention {
     pub(crate) heads: usize,
-    pub(crate) dropout: Option<(f32, u64)>,
+    pub(crate) dropout: Option<DropoutSite>,
 }
 
 /// A raw pointer to an output buffer of `len` elements that the rayon tasks of one parallel loop
@@ -154,9 +154,8 @@ impl Attention {
                     // dP_d = dC V^T.
                     util::matmul(l, l, dh, dp.as_mut_ptr(), l, false, dc, (g.h, 1), v, (1, h3), 1.0, Parallelism::None);
                 }
-                if let Some((prob, seed)) = self.dropout {
-                    let offset = ((bi * self.heads + hi) * l * l) as u64;
-                    mask_in_place(dp, seed, offset, 1.0 - prob);
+                if let Some(site) = &self.dropout {
+                    mask_probs_in_place(dp, site.row_seed(bi), hi, l, site.keep());
                 }
                 softmax_grad_rows(dp, p, l);
                 // SAFETY: as above (dS is `dp`, this task's `L x L` buffer).
@@ -242,9 +241,9 @@ impl Attention {
                         *s = g.scale * util::dot_f64(q, &key[hi * dh..(hi + 1) * dh]) as f32;
                     }
                     masked_softmax(p, &mask[bi * l..(bi + 1) * l]);
-                    let p = match self.dropout {
-                        Some((prob, seed)) => {
-                            mask_into(dropped, p, seed, ((bi * heads + hi) * l * l) as u64, 1.0 - prob);
+                    let p = match &self.dropout {
+                        Some(site) => {
+                            mask_into(dropped, p, site.row_seed(bi), coord(&[hi, 0, 0]), site.keep());
                             &dropped[..]
                         }
                         None => &p[..],
@@ -281,10 +280,10 @@ impl Attention {
                 for (hi, p) in probs[bi * heads * l..(bi + 1) * heads * l].chunks_exact(l).enumerate() {
                     let cols = hi * dh..(hi + 1) * dh;
                     let (q, dc) = (&q[bi * h..][cols.clone()], &dctx[bi * h..][cols.clone()]);
-                    let base = ((bi * heads + hi) * l * l) as u64;
-                    let pd = match self.dropout {
-                        Some((prob, seed)) => {
-                            mask_into(dropped, p, seed, base, 1.0 - prob);
+                    let base = coord(&[hi, 0, 0]);
+                    let pd = match &self.dropout {
+                        Some(site) => {
+                            mask_into(dropped, p, site.row_seed(bi), base, site.keep());
                             &dropped[..]
                         }
                         None => p,
@@ -296,8 +295,8 @@ impl Attention {
                         }
                         ds[j] = util::dot_f64(dc, &value[h..][cols.clone()]) as f32;
                     }
-                    if let Some((prob, seed)) = self.dropout {
-                        mask_in_place(ds, seed, base, 1.0 - prob);
+                    if let Some(site) = &self.dropout {
+                        mask_in_place(ds, site.row_seed(bi), base, site.keep());
                     }
                     softmax_grad_rows(ds, p, l);
                     // dQ = scale sum_j dS_j K_j; dK_j = scale dS_j Q.
@@ -353,8 +352,8 @@ impl Attention {
             };
         }
         masked_softmax(p, &mask[bi * l..(bi + 1) * l]);
-        if let Some((prob, seed)) = self.dropout {
-            mask_into(pd, p, seed, ((bi * self.heads + hi) * l * l) as u64, 1.0 - prob);
+        if let Some(site) = &self.dropout {
+            mask_probs_into(pd, p, site.row_seed(bi), hi, l, site.keep());
         }
     }
 }
@@ -378,7 +377,7 @@ impl CustomOp2 for Attention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dqkv = qkv.apply_op3_no_bwd(mask, &grad.contiguous()?, &AttentionGrad(*self))?;
+        let dqkv = qkv.apply_op3_no_bwd(mask, &grad.contiguous()?, &AttentionGrad(self.clone()))?;
         Ok((Some(dqkv), None))
     }
 }

@@ -12,6 +12,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 use super::attention::{Attention, Geometry};
+use super::dropout::DropoutSite;
 use super::precision::Precision;
 use super::{bf16, dropout, gelu, int8, layer_norm, linear, util};
 
@@ -128,16 +129,16 @@ pub struct LayerPrecision {
     pub weights: Option<Arc<LayerWeights>>,
 }
 
-/// Dropout of one layer: probability and mask seed of the attention probabilities, of the
-/// attention output and of the feed-forward output (`None` = no dropout there).
-#[derive(Clone, Copy, Default)]
+/// Dropout of one layer: the sites of the attention probabilities, of the attention output and
+/// of the feed-forward output (`None` = no dropout there).
+#[derive(Clone, Default)]
 pub struct LayerDropout {
     /// Attention probabilities.
-    pub attn_probs: Option<(f32, u64)>,
+    pub attn_probs: Option<DropoutSite>,
     /// Attention output dense, before the residual.
-    pub attn_out: Option<(f32, u64)>,
+    pub attn_out: Option<DropoutSite>,
     /// Feed-forward output dense, before the residual.
-    pub ffn_out: Option<(f32, u64)>,
+    pub ffn_out: Option<DropoutSite>,
 }
 
 /// Runs one encoder layer on `x` `[B, L, H]` with the additive `mask_bias` `[B, L]` and the flat
@@ -232,22 +233,21 @@ pub(super) struct BackwardInputs<'a> {
     pub(super) dims: (usize, usize, usize),
 }
 
-/// `g` (rows of `h` standing for every `row_step`-th row, see
-/// [`dropout::dropout_add_rows_in_place`]) times the dropout mask of site `d`; `g` itself without
-/// dropout; `buf` holds the product.
-fn masked<'a>(g: &'a [f32], d: Option<(f32, u64)>, (h, row_step): (usize, usize), buf: &'a mut Vec<f32>) -> &'a [f32] {
-    match keep_seed(d) {
-        Some((keep, seed)) => {
-            *buf = dropout::apply_mask_rows(g, keep, seed, h, row_step);
+/// `g` (rows of `h`, `positions` per batch row, see [`dropout::dropout_add_rows_in_place`])
+/// times the dropout mask of site `d`; `g` itself without dropout; `buf` holds the product.
+fn masked<'a>(
+    g: &'a [f32],
+    d: Option<&DropoutSite>,
+    (h, positions): (usize, usize),
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    match d.filter(|d| d.p > 0.0) {
+        Some(site) => {
+            *buf = dropout::apply_mask_rows(g, site, h, positions);
             buf
         }
         None => g,
     }
-}
-
-/// `keep` and seed of a dropout site.
-fn keep_seed(d: Option<(f32, u64)>) -> Option<(f32, u64)> {
-    d.map(|(p, seed)| (1.0 - p, seed))
 }
 
 impl EncoderLayer {
@@ -412,24 +412,25 @@ impl EncoderLayer {
     }
 
     /// The rest of the layer after the attention core, on rows of `x` (the residual) and their
-    /// attention `context`, rows standing for every `row_step`-th row of the layer's input (for
-    /// the dropout masks, see [`dropout::dropout_add_rows_in_place`]). Keeps the activations when
+    /// attention `context`, `positions` rows per batch row (all L positions, or 1 for the first
+    /// positions alone; for the dropout masks, see [`dropout::dropout_add_rows_in_place`]). Keeps the activations when
     /// `keep`; otherwise every step overwrites its input buffer instead of allocating a new one.
     pub(super) fn post_attention(
         &self,
         x: &[f32],
         context: Vec<f32>,
         p: &Params,
-        row_step: usize,
+        positions: usize,
         low: Option<&LayerWeights>,
     ) -> (Vec<f32>, Option<Post>) {
         let (h, eps) = (self.h, self.eps);
         let dense = |x: &[f32], wb, dims, d: fn(&LayerWeights) -> &Dense| Self::dense(x, wb, dims, low.map(d));
-        let dropout_add = |a: &mut [f32], residual: &[f32], site| {
-            dropout::dropout_add_rows_in_place(a, residual, keep_seed(site), h, row_step)
+        let dropout_add = |a: &mut [f32], residual: &[f32], site: &Option<DropoutSite>| {
+            let site = site.as_ref().filter(|d| d.p > 0.0);
+            dropout::dropout_add_rows_in_place(a, residual, site, h, positions)
         };
         let mut s1 = dense(&context, (p.ao_w, p.ao_b), (h, h), |l| &l.ao);
-        dropout_add(&mut s1, x, self.dropout.attn_out);
+        dropout_add(&mut s1, x, &self.dropout.attn_out);
         if !self.keep {
             drop(context);
             let mut h1 = s1;
@@ -438,7 +439,7 @@ impl EncoderLayer {
             gelu::forward_in_place(&mut inter);
             let mut out = dense(&inter, (p.out_w, p.out_b), (h, self.i), |l| &l.out);
             drop(inter);
-            dropout_add(&mut out, &h1, self.dropout.ffn_out);
+            dropout_add(&mut out, &h1, &self.dropout.ffn_out);
             layer_norm::forward_in_place(&mut out, p.ln2_g, p.ln2_b, eps);
             return (out, None);
         }
@@ -446,7 +447,7 @@ impl EncoderLayer {
         let pre_gelu = dense(&h1, (p.in_w, p.in_b), (self.i, h), |l| &l.inter);
         let post_gelu = gelu::forward(&pre_gelu);
         let mut s2 = dense(&post_gelu, (p.out_w, p.out_b), (h, self.i), |l| &l.out);
-        dropout_add(&mut s2, &h1, self.dropout.ffn_out);
+        dropout_add(&mut s2, &h1, &self.dropout.ffn_out);
         let out = layer_norm::forward(&s2, p.ln2_g, p.ln2_b, eps);
         (out, Some(Post { context, s1, h1, pre_gelu, post_gelu, s2 }))
     }
@@ -461,7 +462,7 @@ impl EncoderLayer {
         p: &Params,
         dout: &[f32],
         d: &mut [&mut [f32]; 12],
-        row_step: usize,
+        positions: usize,
     ) -> (Vec<f32>, Vec<f32>) {
         let [_, _, d_ao_w, d_ao_b, d_ln1_g, d_ln1_b, d_in_w, d_in_b, d_out_w, d_out_b, d_ln2_g, d_ln2_b] = d;
         let (h, rows) = (self.h, dout.len() / self.h);
@@ -472,7 +473,7 @@ impl EncoderLayer {
         d_ln2_b.copy_from_slice(&sums[h..]);
         drop(post.s2);
         let mut buf = Vec::new();
-        let dffn = masked(&ds2, self.dropout.ffn_out, (h, row_step), &mut buf);
+        let dffn = masked(&ds2, self.dropout.ffn_out.as_ref(), (h, positions), &mut buf);
         // ffn = post_gelu W_out^T + b_out; the residual gradient ds2 flows into h1.
         let mut dpost = vec![0f32; rows * self.i];
         self.dense_backward(&post.post_gelu, p.out_w, dffn, (h, self.i), &mut dpost, false, d_out_w, d_out_b);
@@ -489,14 +490,14 @@ impl EncoderLayer {
         d_ln1_b.copy_from_slice(&sums[h..]);
         drop((dh1, post.s1));
         let mut buf = Vec::new();
-        let dattn = masked(&ds1, self.dropout.attn_out, (h, row_step), &mut buf);
+        let dattn = masked(&ds1, self.dropout.attn_out.as_ref(), (h, positions), &mut buf);
         let mut dcontext = vec![0f32; rows * h];
         self.dense_backward(&post.context, p.ao_w, dattn, (h, h), &mut dcontext, false, d_ao_w, d_ao_b);
         (dcontext, ds1)
     }
 
     pub(super) fn attention(&self) -> Attention {
-        Attention { heads: self.heads, dropout: self.dropout.attn_probs.filter(|(p, _)| *p > 0.0) }
+        Attention { heads: self.heads, dropout: self.dropout.attn_probs.clone().filter(|d| d.p > 0.0) }
     }
 }
 
@@ -520,7 +521,7 @@ impl CustomOp3 for EncoderLayer {
         let low = self.low_weights(&p);
         let qkv = self.qkv(x, &p, low.as_deref());
         let context = self.attention().context(&qkv, mask, &Geometry::new(b, l, h, self.heads));
-        let (out, post) = self.post_attention(x, context, &p, 1, low.as_deref());
+        let (out, post) = self.post_attention(x, context, &p, l, low.as_deref());
         if let Some(post) = post {
             *self.saved.lock().expect("not poisoned") = Some(Saved { qkv, post });
         }
@@ -537,7 +538,7 @@ impl CustomOp3 for EncoderLayer {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         self.backward(self.name(), &self.saved, [x, mask, params, grad], |saved: Saved, i, p, d| {
             let (b, l, h) = i.dims;
-            let (dcontext, ds1) = self.post_attention_backward(saved.post, p, i.dout, d, 1);
+            let (dcontext, ds1) = self.post_attention_backward(saved.post, p, i.dout, d, l);
             let [d_qkv_w, d_qkv_b, ..] = d;
             let dqkv = self.attention().grad(&saved.qkv, i.mask, &dcontext, &Geometry::new(b, l, h, self.heads));
             drop(dcontext);

@@ -81,7 +81,7 @@ impl CustomOp3 for FirstPosition {
         let g = Geometry::new(b, l, h, self.layer.heads);
         let (context, probs) = self.layer.attention().first_query_context(&q, &kv, mask, &g);
         // Row r here is row r * l of the whole layer.
-        let (out, post) = self.layer.post_attention(&first, context, &p, l, low.as_deref());
+        let (out, post) = self.layer.post_attention(&first, context, &p, 1, low.as_deref());
         if let Some(post) = post {
             *self.saved.lock().expect("not poisoned") = Some(Saved { q, kv, probs, post });
         }
@@ -99,7 +99,7 @@ impl CustomOp3 for FirstPosition {
         let layer = &self.layer;
         layer.backward(self.name(), &self.saved, [x, mask, params, grad], |saved: Saved, i, p, d| {
             let (b, l, h) = i.dims;
-            let (dcontext, dfirst_residual) = layer.post_attention_backward(saved.post, p, i.dout, d, l);
+            let (dcontext, dfirst_residual) = layer.post_attention_backward(saved.post, p, i.dout, d, 1);
             let [d_qkv_w, d_qkv_b, ..] = d;
             let g = Geometry::new(b, l, h, layer.heads);
             let (dq, dkv) = layer.attention().first_query_grad(&saved.q, &saved.kv, &saved.probs, &dcontext, &g);

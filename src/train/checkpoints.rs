@@ -44,7 +44,9 @@ pub struct SavedState {
 
 /// Where and how a training run writes its save points.
 pub struct CheckpointWriter<'a> {
-    lock: DirLock,
+    /// The held directory; None on the data-parallel ranks other than 0, which never write.
+    lock: Option<DirLock>,
+    dir: PathBuf,
     config: &'a BertConfig,
     labels: &'a LabelSet,
     model_dir: PathBuf,
@@ -67,8 +69,9 @@ impl<'a> CheckpointWriter<'a> {
         fingerprint: &[(String, String)],
     ) -> Self {
         CheckpointWriter {
+            dir: lock.dir().to_path_buf(),
             // A run that fails before its first save leaves no directory, log or not.
-            lock: lock.disposable(LOG_DIR),
+            lock: Some(lock.disposable(LOG_DIR)),
             config,
             labels,
             model_dir: model_dir.to_path_buf(),
@@ -80,10 +83,38 @@ impl<'a> CheckpointWriter<'a> {
     }
 }
 
+impl<'a> CheckpointWriter<'a> {
+    /// The writer of a data-parallel rank other than 0: it knows the directory (`dir`, held by
+    /// rank 0) and the run, and refuses to write.
+    pub fn follower(
+        dir: &Path,
+        (config, labels, model_dir): (&'a BertConfig, &'a LabelSet, &Path),
+        save_all: bool,
+        fingerprint: &[(String, String)],
+    ) -> Self {
+        CheckpointWriter {
+            lock: None,
+            dir: dir.to_path_buf(),
+            config,
+            labels,
+            model_dir: model_dir.to_path_buf(),
+            train_config: serde_json::Value::Null,
+            save_all,
+            fingerprint: fingerprint.iter().map(|(k, v)| [k.clone(), v.clone()]).collect(),
+            metadata_saved: Cell::new(false),
+        }
+    }
+}
+
 impl CheckpointWriter<'_> {
     /// The checkpoint directory.
     pub fn dir(&self) -> &Path {
-        self.lock.dir()
+        &self.dir
+    }
+
+    /// The held directory (rank 0's writer only).
+    fn held(&self) -> Result<&DirLock> {
+        self.lock.as_ref().context("only rank 0 of the data-parallel workers writes the checkpoint directory")
     }
 
     /// Logs the end of a run: the best validation accuracy, if any (`scope` names the rows it is
@@ -101,7 +132,7 @@ impl CheckpointWriter<'_> {
 
     /// Starts a new version of the directory, with the metadata files on the first one.
     fn begin(&self) -> Result<DirTxn> {
-        let txn = DirTxn::begin(self.lock.real_dir())?;
+        let txn = DirTxn::begin(self.held()?.real_dir())?;
         if !self.metadata_saved.get() {
             save_metadata(&txn, self.config, self.labels, &self.train_config, &self.model_dir)?;
         }
@@ -194,7 +225,7 @@ impl Checkpoints for CheckpointWriter<'_> {
             ("config/training", serde_json::to_string_pretty(&self.train_config)?),
             ("config/model_config", serde_json::to_string_pretty(&classifier_config_json(self.config, self.labels))?),
         ];
-        Ok(Some(RunLog::open(self.lock.real_dir(), state.global_step, resumed, &texts)?))
+        Ok(Some(RunLog::open(self.held()?.real_dir(), state.global_step, resumed, &texts)?))
     }
 }
 

@@ -4,4 +4,5 @@
 pub mod checkpoints;
 pub mod optimizer;
 pub mod schedule;
+pub mod sync;
 pub mod trainer;

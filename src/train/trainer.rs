@@ -1,9 +1,13 @@
 //! The training loop: seeded shuffling, gradient accumulation, clipping, schedule, periodic
-//! evaluation with best-checkpoint keeping, logging.
+//! evaluation with best-checkpoint keeping, logging; data parallel over the ranks of
+//! [`crate::dist::world`] (see [`super::sync`]): a step's global batch is ranks x micro-batch x
+//! accumulation rows, each rank computes its strided share of every global micro-batch, the
+//! gradients are summed over the ranks, and rank 0 alone saves and logs.
 
 use super::optimizer::OptimizerKind;
 use super::optimizer::{Optimizer, StepParams};
 use super::schedule::LinearSchedule;
+use super::sync;
 use crate::data::batch::{bucketed_batches, make_batch, Batch, Example};
 use crate::logging;
 use crate::metrics::EvalReport;
@@ -21,7 +25,7 @@ use std::time::Instant;
 pub struct TrainSettings {
     /// Epochs (may be fractional).
     pub epochs: f64,
-    /// Rows per micro-batch.
+    /// Rows per micro-batch of one worker (a global micro-batch holds this many per rank).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
@@ -111,6 +115,13 @@ pub struct TrainState {
     pub best_step: Option<usize>,
     /// The step of the last evaluation (or save without evaluation).
     pub last_eval_step: Option<usize>,
+    /// The data-parallel workers of the run (1 before they existed).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainState {
@@ -124,6 +135,7 @@ impl TrainState {
             best_accuracy: None,
             best_step: None,
             last_eval_step: None,
+            world_size: 1,
         }
     }
 }
@@ -232,12 +244,23 @@ pub fn train(
     // From here a signal stops the run at the end of a step, with its latest state saved.
     crate::interrupt::defer();
     let s = settings;
-    let plan = StepPlan::new(examples.len(), s.batch_size, s.grad_accum, s.epochs);
+    let world = crate::dist::world();
+    let (rank, ranks) = (world.rank(), world.size());
+    if examples.len() < ranks {
+        bail!("{} training rows for {ranks} workers: every worker needs at least one row", examples.len());
+    }
+    // A global micro-batch holds `batch_size` rows per rank: the batches of one worker with
+    // micro-batches of ranks x batch_size.
+    let global_batch = s.batch_size * ranks;
+    let plan = StepPlan::new(examples.len(), global_batch, s.grad_accum, s.epochs);
     let schedule = LinearSchedule::new(s.learning_rate, s.warmup_proportion, plan.total_steps);
     let mut opt = Optimizer::new(params, s.optimizer, s.weight_decay)?;
     let mut state = TrainState::start(s.seed);
+    state.world_size = ranks;
     let mut saved_step = None;
+    sync::broadcast_params(params, world)?;
     if let Some(resume) = resume {
+        check_world_size(resume.state.world_size, ranks)?;
         let saved_cursor = (resume.state.epoch, resume.state.next_micro_batch);
         if resume.state.seed != s.seed || saved_cursor != plan.cursor(resume.state.global_step) {
             bail!(
@@ -268,17 +291,28 @@ pub fn train(
         plan.accumulation,
         params.count()
     ));
+    if ranks > 1 {
+        logging::info(format!(
+            "data parallel over {ranks} workers: {global_batch} rows per global micro-batch ({} per worker), {} per \
+             optimizer step",
+            s.batch_size,
+            global_batch * plan.accumulation
+        ));
+    }
     let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
     let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
     let mut running = RunningLoss::default();
     let (mut window_rows, mut window_start) = (0usize, Instant::now());
-    let mut log = checkpoints.run_log(&state, saved_step.is_some())?;
+    // Rank 0 alone writes the log and the checkpoints.
+    let mut log = if world.is_root() { checkpoints.run_log(&state, saved_step.is_some())? } else { None };
     stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
+    // The names of the loss terms, known once a batch was computed here (rank 0 always has rows).
+    let mut term_names: Vec<&'static str> = Vec::new();
     while state.global_step < plan.total_steps {
         let (epoch, step_in_epoch) = plan.locate(state.global_step);
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let mut rng = Rng::new(s.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37_79B9));
-            order = Some((epoch, bucketed_batches(&lengths, s.batch_size, Some(&mut rng))));
+            order = Some((epoch, bucketed_batches(&lengths, global_batch, Some(&mut rng))));
             // The logged loss is the mean since the start of the epoch, as in EasyNLP.
             running = RunningLoss::default();
         }
@@ -286,28 +320,57 @@ pub fn train(
         let group = plan.micro_batches(step_in_epoch);
         let micro_in_step = group.len();
         let mut acc: Option<GradStore> = None;
+        // Per micro-batch: this rank's share of the loss and of each term (summed over the ranks below).
+        let mut shares: Vec<Vec<f64>> = Vec::with_capacity(micro_in_step);
         for pos in group {
-            let rows: Vec<&Example> = batches[pos].iter().map(|&j| &examples[j]).collect();
+            let global = &batches[pos];
+            window_rows += global.len();
+            let mine = sync::shard(global, rank, ranks);
+            if mine.is_empty() {
+                // A short last batch with fewer rows than ranks: nothing to compute here.
+                shares.push(Vec::new());
+                continue;
+            }
+            let rows: Vec<&Example> = mine.iter().map(|&j| &examples[j]).collect();
             let batch = make_batch(&rows, device)?;
-            // Dropout keyed by the micro-batch's place in the run, so a resumed run draws the same masks.
+            // Dropout keyed by the micro-batch's place in the run (so a resumed run draws the same
+            // masks) and by each row's index in the training set (so a row draws the same masks on
+            // whichever worker, in whichever share of the batch).
             let micro = (epoch * plan.batches_per_epoch + pos + 1) as u64;
-            let ctx = ForwardCtx::train(s.seed ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let ids: std::sync::Arc<[u64]> = mine.iter().map(|&j| j as u64).collect();
+            let ctx = ForwardCtx::train_rows(s.seed ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03), ids);
             let Loss { total: loss, parts } = task.loss(params, &batch, &ctx)?;
             let loss_value = scalar(&loss)?;
             if !loss_value.is_finite() {
                 bail!("training diverged: loss is {loss_value} at optimizer step {}", opt.steps + 1);
             }
-            let parts: Vec<(&'static str, f64)> =
-                parts.iter().map(|(n, t)| Ok((*n, scalar(t)?))).collect::<Result<_>>()?;
-            running.add(loss_value, &parts);
-            window_rows += batch.size;
+            // The loss of a batch is the mean over its rows: this share weighs its rows' part.
+            let weight = mine.len() as f64 / global.len() as f64;
+            let mut share = vec![loss_value * weight];
+            for (name, t) in &parts {
+                share.push(scalar(t)? * weight);
+                if !term_names.contains(name) {
+                    term_names.push(name);
+                }
+            }
+            shares.push(share);
+            let loss = if ranks > 1 { (loss * weight)? } else { loss };
             let grads = loss.backward()?;
             acc = Some(match acc.take() {
                 None => grads,
                 Some(prev) => add_grads(prev, grads, params)?,
             });
         }
-        let grads = acc.take().expect("a step holds at least one micro-batch");
+        let mut grads = match acc.take() {
+            Some(grads) => grads,
+            // Every micro-batch of this step was empty on this rank: zero gradients.
+            None => Tensor::new(0f32, device)?.backward()?,
+        };
+        sync::all_reduce_grads(&mut grads, params, world)?;
+        for (value, parts) in reduce_losses(world, &shares, &term_names)? {
+            let parts: Vec<(&'static str, f64)> = term_names.iter().copied().zip(parts).collect();
+            running.add(value, &parts);
+        }
         let avg = 1.0 / micro_in_step as f64;
         let norm = opt.grad_norm(&grads)? * avg;
         let clip = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm { s.max_grad_norm / (norm + 1e-6) } else { 1.0 };
@@ -357,14 +420,16 @@ pub fn train(
             evaluate_and_keep((task, checkpoints), params, &opt, &mut state, (&mut log, epoch + 1))?;
             saved_step = Some(state.global_step);
         } else if epoch_end {
-            checkpoints.save(&Snapshot {
-                params,
-                optimizer: &opt,
-                state: &state,
-                new_best: false,
-                step_copy: false,
-            })?;
-            sync_log(&log)?;
+            if world.is_root() {
+                checkpoints.save(&Snapshot {
+                    params,
+                    optimizer: &opt,
+                    state: &state,
+                    new_best: false,
+                    step_copy: false,
+                })?;
+                sync_log(&log)?;
+            }
             saved_step = Some(state.global_step);
         }
         stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
@@ -374,6 +439,44 @@ pub fn train(
         evaluate_and_keep((task, checkpoints), params, &opt, &mut state, (&mut log, epoch))?;
     }
     Ok(state)
+}
+
+/// Every rank's shares of the loss of each micro-batch of a step (`shares`: `[loss, terms...]`
+/// weighted by the rank's part of the batch, empty where the rank had no rows) summed into the
+/// loss of the whole global batch: `(loss, terms)` per micro-batch. Rank 0 knows the terms'
+/// names (`names`) and tells the others how many there are.
+fn reduce_losses(
+    world: &crate::dist::World,
+    shares: &[Vec<f64>],
+    names: &[&'static str],
+) -> Result<Vec<(f64, Vec<f64>)>> {
+    let width = if world.is_distributed() {
+        let mut n = [if world.is_root() { names.len() as f64 } else { 0.0 }];
+        world.all_reduce_sum_f64(&mut n);
+        1 + n[0] as usize
+    } else {
+        1 + names.len()
+    };
+    let mut flat = vec![0f64; shares.len() * width];
+    for (slot, share) in flat.chunks_mut(width).zip(shares) {
+        if share.len() > width {
+            bail!("a loss with {} terms, other workers have {}", share.len() - 1, width - 1);
+        }
+        slot[..share.len()].copy_from_slice(share);
+    }
+    world.all_reduce_sum_f64(&mut flat);
+    Ok(flat.chunks(width).map(|c| (c[0], c[1..].to_vec())).collect())
+}
+
+/// A saved state of `saved` workers continues only with as many.
+pub fn check_world_size(saved: usize, now: usize) -> Result<()> {
+    if saved != now {
+        bail!(
+            "the saved training state was written by a run of {saved} worker(s); this run has {now}: resume with the \
+             same number of workers (--worker_gpu / mpirun -np), or train anew"
+        );
+    }
+    Ok(())
 }
 
 /// A loss as an `f64`.
@@ -386,8 +489,9 @@ fn sync_log(log: &Option<RunLog>) -> Result<()> {
     log.as_ref().map_or(Ok(()), RunLog::sync)
 }
 
-/// After a signal: saves the latest state (unless saved at this step already), says how to
-/// resume, and returns the interruption.
+/// After a signal (on any rank: the ranks stop at the same step): saves the latest state
+/// (unless saved at this step already; rank 0), says how to resume, and returns the
+/// interruption.
 fn stop_if_interrupted(
     checkpoints: &dyn Checkpoints,
     params: &Params,
@@ -395,12 +499,27 @@ fn stop_if_interrupted(
     state: &TrainState,
     saved_step: Option<usize>,
 ) -> Result<()> {
-    let Err(interrupted) = crate::interrupt::check() else { return Ok(()) };
+    let world = crate::dist::world();
+    let mine = crate::interrupt::check().err();
+    let interrupted = match (mine, world.is_distributed()) {
+        (Some(i), false) => i,
+        (None, false) => return Ok(()),
+        (mine, true) => {
+            let mut signal = [mine.map_or(0.0, |i| i.signal as f64)];
+            world.all_reduce_sum_f64(&mut signal);
+            match (mine, signal[0] > 0.0) {
+                (_, false) => return Ok(()),
+                (Some(i), true) => i,
+                // Another rank got the signal: stop with it (as SIGTERM).
+                (None, true) => crate::interrupt::Interrupted { signal: 15 },
+            }
+        }
+    };
     if state.global_step == 0 {
         logging::warn(format!("{interrupted} before the first optimizer step: nothing to save"));
         return Err(interrupted.into());
     }
-    if saved_step != Some(state.global_step) {
+    if saved_step != Some(state.global_step) && world.is_root() {
         checkpoints.save(&Snapshot { params, optimizer: opt, state, new_best: false, step_copy: false })?;
     }
     let dir = checkpoints.location().display();
@@ -422,11 +541,14 @@ fn evaluate_and_keep(
     (log, epoch): (&mut Option<RunLog>, usize),
 ) -> Result<()> {
     state.last_eval_step = Some(opt.steps);
+    // Every rank evaluates its share; the report is the whole validation set's.
     let report = task.evaluate(params)?;
+    let world = crate::dist::world();
     let new_best = match &report {
         Some(report) => {
             logging::info(format!("Evaluation at global step {}: {}", opt.steps, report.summary()));
-            let better = state.best_accuracy.is_none_or(|b| report.accuracy > b);
+            // Rank 0 decides; every rank keeps the same state.
+            let better = world.broadcast_bool(state.best_accuracy.is_none_or(|b| report.accuracy > b));
             if better {
                 state.best_accuracy = Some(report.accuracy);
                 state.best_step = Some(opt.steps);
@@ -435,6 +557,9 @@ fn evaluate_and_keep(
         }
         None => true,
     };
+    if !world.is_root() {
+        return Ok(());
+    }
     if let (Some(log), Some(report)) = (log.as_mut(), &report) {
         log.evaluation(opt.steps, epoch, report, new_best)?;
     }

@@ -324,50 +324,13 @@ pub fn matmul_add(x: &[f32], w: &QuantW, y: &mut [f32], ldc: usize) {
         }
         #[cfg(target_arch = "x86_64")]
         WRepr::Panels(panels) => {
-            let qx = QuantX::<u8>::new(x, m, k, keep);
-            for_each_tile(y, ldc, (m, n), NR, |c, i, (rows, q, cols)| {
-                // SAFETY: `has_vnni` held when `w` was packed (only then is it `Panels`).
-                // `qx.data` holds `mp x 4 kq` bytes with `mp` the rows rounded up to MR, so
-                // rows `i..i + MR` are inside; the panel holds `kq x NR` words from
-                // `q * kq * NR`; the per-row and per-channel vectors are read for rows `< rows`
-                // and channels `< cols` only; `c` holds the tile's `rows x cols` outputs.
-                unsafe {
-                    tile(
-                        kq,
-                        qx.data.as_ptr().add(i * kq * 4).cast(),
-                        panels.as_ptr().add(q * kq * NR),
-                        c,
-                        ldc,
-                        (rows, cols),
-                        (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
-                        (&w.scale[q * NR..q * NR + cols], &w.colsum[q * NR..q * NR + cols]),
-                    )
-                };
-            });
+            // SAFETY: `has_vnni` held when `w` was packed (only then is it `Panels`).
+            unsafe { panel_matmul(&QuantX::<u8>::new(x, m, k, keep), w, panels, NR, tile, y, ldc) }
         }
         #[cfg(target_arch = "x86_64")]
         WRepr::Pairs(panels) => {
-            let qx = QuantX::<u16>::new(x, m, k, keep);
-            let kp = 2 * kq;
-            for_each_tile(y, ldc, (m, n), NR2, |c, i, (rows, q, cols)| {
-                // SAFETY: `has_avx2_int` held when `w` was packed (only then is it `Pairs`).
-                // `qx.data` holds `mp x 2 kp` u16 with `mp` the rows rounded up to MR, so rows
-                // `i..i + MR` are inside as `kp` words each; the panel holds `kp x NR2` words
-                // from `q * kp * NR2`; the per-row and per-channel vectors are read for rows
-                // `< rows` and channels `< cols` only; `c` holds the tile's `rows x cols` outputs.
-                unsafe {
-                    tile_avx2(
-                        kp,
-                        qx.data.as_ptr().add(i * kp * 2).cast(),
-                        panels.as_ptr().add(q * kp * NR2),
-                        c,
-                        ldc,
-                        (rows, cols),
-                        (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
-                        (&w.scale[q * NR2..q * NR2 + cols], &w.colsum[q * NR2..q * NR2 + cols]),
-                    )
-                };
-            });
+            // SAFETY: `has_avx2_int` held when `w` was packed (only then is it `Pairs`).
+            unsafe { panel_matmul(&QuantX::<u16>::new(x, m, k, keep), w, panels, NR2, tile_avx2, y, ldc) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         WRepr::Panels(_) | WRepr::Pairs(_) => unreachable!("int8: x86-64 panels on another CPU"),
@@ -381,26 +344,55 @@ pub fn matmul_add(x: &[f32], w: &QuantW, y: &mut [f32], ldc: usize) {
     }
 }
 
-/// Calls `tile(c, i, (rows, q, cols))` for every tile of at most [`MR`] rows (from row `i`) and
-/// `nr` columns (panel `q`) of the `m x n` output `y` (rows `ldc` apart), in parallel blocks of
-/// [`MB`] rows; `c` is the tile's first output, and the tile may write `c[r * ldc + j]` for
-/// `r < rows`, `j < cols` (all inside `y`, owned by this call).
+/// A register-tile kernel: [`tile`] (VNNI) or [`tile_avx2`], with the contract they state.
 #[cfg(target_arch = "x86_64")]
-fn for_each_tile(
+type TileKernel =
+    unsafe fn(usize, *const u32, *const u32, *mut f32, usize, (usize, usize), (&[f32], &[i32]), (&[f32], &[i32]));
+
+/// `y += x W^T` for the quantized `qx` (`m` rows) and `W`'s `panels` of `nr` channels, by
+/// `kernel` on every tile of at most [`MR`] rows and `nr` columns, in parallel blocks of [`MB`]
+/// rows. A row of `qx` and a panel row are `words = 4 kq * size_of::<T>() / 4` 32-bit words.
+///
+/// # Safety
+/// The CPU must have the features of `kernel`, and `panels` must be `W` packed for it: `nr`
+/// channels per panel, `words` words per panel row.
+#[cfg(target_arch = "x86_64")]
+unsafe fn panel_matmul<T: Quantum>(
+    qx: &QuantX<T>,
+    w: &QuantW,
+    panels: &[u32],
+    nr: usize,
+    kernel: TileKernel,
     y: &mut [f32],
     ldc: usize,
-    (m, n): (usize, usize),
-    nr: usize,
-    tile: impl Fn(*mut f32, usize, (usize, usize, usize)) + Sync,
 ) {
+    let (m, n) = (qx.scale.len(), w.n);
+    let row = w.k.div_ceil(4) * 4;
+    let words = row * std::mem::size_of::<T>() / 4;
     y.par_chunks_mut(MB * ldc).enumerate().for_each(|(blk, y_rows)| {
         let i0 = blk * MB;
         let rows = MB.min(m - i0);
         for q in 0..n.div_ceil(nr) {
             let cols = nr.min(n - q * nr);
             for g in (0..rows).step_by(MR) {
-                let c = y_rows[g * ldc + q * nr..].as_mut_ptr();
-                tile(c, i0 + g, (MR.min(rows - g), q, cols));
+                let (i, rows) = (i0 + g, MR.min(rows - g));
+                // SAFETY: the caller vouches for the CPU and the packing. `qx.data` holds the
+                // rows rounded up to MR, `row` values each, so rows `i..i + MR` are inside; the
+                // panel holds `words x nr` words from `q * words * nr`; the per-row and
+                // per-channel vectors are read for rows `< rows` and channels `< cols` only; the
+                // tile writes rows `g..g + rows`, columns `q * nr..+cols` of this task's rows.
+                unsafe {
+                    kernel(
+                        words,
+                        qx.data.as_ptr().add(i * row).cast(),
+                        panels.as_ptr().add(q * words * nr),
+                        y_rows[g * ldc + q * nr..].as_mut_ptr(),
+                        ldc,
+                        (rows, cols),
+                        (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
+                        (&w.scale[q * nr..q * nr + cols], &w.colsum[q * nr..q * nr + cols]),
+                    )
+                };
             }
         }
     });

@@ -16,6 +16,11 @@
 #   TEMPERATURES  (default "1 2 5 10"), ALPHAS (default "0.2 0.5 0.9")
 #   SEEDS         seeds of the no-KD student and of the best cell; the first one trains every cell
 #                 (default "1 2 3")
+#   SETTINGS      the settings to run, in order (default "full small")
+#   FULL_CELLS    `grid` (default): the full setting sweeps the whole grid; `best-small`: it trains
+#                 only the no-KD student and the small setting's best cell (run small first:
+#                 SETTINGS="small full"), for machines where the full grid takes too long
+#   FULL_SEEDS    seeds of the full setting (default: SEEDS)
 #   TEACHER_EPOCHS (default 2), EPOCHS (student, default 2), LR (default 3e-5), BATCH (default 32),
 #   SEQ_LEN (default 64), SAVE_STEPS (evaluate every N steps, default 500), LOGGING_STEPS (default 100)
 #   WORK, EASYNLP: see examples/common.sh
@@ -35,15 +40,26 @@ BATCH="${BATCH:-32}"
 SEQ_LEN="${SEQ_LEN:-64}"
 SAVE_STEPS="${SAVE_STEPS:-500}"
 LOGGING_STEPS="${LOGGING_STEPS:-100}"
-read -r -a SEED_LIST <<< "$SEEDS"
-FIRST_SEED="${SEED_LIST[0]}"
+SETTINGS="${SETTINGS:-full small}"
+FULL_CELLS="${FULL_CELLS:-grid}"
+FULL_SEEDS="${FULL_SEEDS:-$SEEDS}"
+case "$FULL_CELLS" in
+    grid | best-small) ;;
+    *) echo "FULL_CELLS=$FULL_CELLS: use grid or best-small" >&2; exit 2 ;;
+esac
 mkdir -p "$WORK/logs" "$WORK/runs" "$WORK/reports" && cd "$WORK"
 slice_table "$DATA/train.tsv" train_full.tsv "${ROWS:-}"
 slice_table "$DATA/dev.tsv" dev.tsv "${DEV_ROWS:-}"
-SETTINGS=(full)
+SETTING_LIST=()
+for setting in $SETTINGS; do
+    case "$setting" in
+        full) SETTING_LIST+=(full) ;;
+        small) if [[ -n "$SMALL_ROWS" ]]; then SETTING_LIST+=(small); fi ;;
+        *) echo "SETTINGS: unknown setting \`$setting\` (full, small)" >&2; exit 2 ;;
+    esac
+done
 if [[ -n "$SMALL_ROWS" ]]; then
     head -n "$SMALL_ROWS" train_full.tsv > train_small.tsv
-    SETTINGS+=(small)
 fi
 COMMON=(--app_name=text_classify --worker_gpu=1 --first_sequence=sent --label_name=label
     --label_enumerate_values=0,1 --sequence_length="$SEQ_LEN" --micro_batch_size="$BATCH")
@@ -94,7 +110,8 @@ student() {
     RUNS+=("runs/$setting/$name")
 }
 
-for setting in "${SETTINGS[@]}"; do
+declare -A BEST_CELL
+for setting in "${SETTING_LIST[@]}"; do
     logits="teacher_logits_${setting}.tsv"
     if [[ ! -f "$logits" ]]; then
         echo "teacher logits on train_${setting}.tsv"
@@ -103,25 +120,42 @@ for setting in "${SETTINGS[@]}"; do
             2>> logs/teacher.log
     fi
     echo "=========[ Students on train_${setting}.tsv ($(wc -l < "train_${setting}.tsv") rows) ]========="
+    seeds="$SEEDS"
+    if [[ "$setting" == full ]]; then seeds="$FULL_SEEDS"; fi
+    read -r -a seed_list <<< "$seeds"
+    first="${seed_list[0]}"
     RUNS=()
-    for seed in "${SEED_LIST[@]}"; do
+    for seed in "${seed_list[@]}"; do
         student "nokd-s$seed" "$seed"
     done
-    best="" best_acc=-1
-    for t in $TEMPERATURES; do
-        for a in $ALPHAS; do
-            student "kd-t$t-a$a-s$FIRST_SEED" "$FIRST_SEED" "temperature=$t" "alpha=$a"
-            acc="$(best_accuracy "$setting-kd-t$t-a$a-s$FIRST_SEED")"
-            if awk -v x="$acc" -v y="$best_acc" 'BEGIN { exit !(x > y) }'; then
-                best="$t $a" best_acc="$acc"
-            fi
+    if [[ "$setting" == full && "$FULL_CELLS" == best-small ]]; then
+        if [[ -z "${BEST_CELL[small]:-}" ]]; then
+            echo "FULL_CELLS=best-small: the small setting must run first (SETTINGS=\"small full\")" >&2
+            exit 2
+        fi
+        read -r bt ba <<< "${BEST_CELL[small]}"
+        echo "the small setting's best cell: temperature=$bt alpha=$ba"
+        for seed in "${seed_list[@]}"; do
+            student "kd-t$bt-a$ba-s$seed" "$seed" "temperature=$bt" "alpha=$ba"
         done
-    done
-    read -r bt ba <<< "$best"
-    echo "best cell on seed $FIRST_SEED: temperature=$bt alpha=$ba ($best_acc); more seeds"
-    for seed in "${SEED_LIST[@]:1}"; do
-        student "kd-t$bt-a$ba-s$seed" "$seed" "temperature=$bt" "alpha=$ba"
-    done
+    else
+        best="" best_acc=-1
+        for t in $TEMPERATURES; do
+            for a in $ALPHAS; do
+                student "kd-t$t-a$a-s$first" "$first" "temperature=$t" "alpha=$a"
+                acc="$(best_accuracy "$setting-kd-t$t-a$a-s$first")"
+                if awk -v x="$acc" -v y="$best_acc" 'BEGIN { exit !(x > y) }'; then
+                    best="$t $a" best_acc="$acc"
+                fi
+            done
+        done
+        read -r bt ba <<< "$best"
+        echo "best cell on seed $first: temperature=$bt alpha=$ba ($best_acc); more seeds"
+        for seed in "${seed_list[@]:1}"; do
+            student "kd-t$bt-a$ba-s$seed" "$seed" "temperature=$bt" "alpha=$ba"
+        done
+    fi
+    BEST_CELL[$setting]="$bt $ba"
     list="$(IFS=,; echo "${RUNS[*]}")"
     easynlp --mode=report --checkpoint_dir="$list" --outputs="reports/$setting" 2>> "logs/report-$setting.log"
     echo "report: $WORK/reports/$setting/report.md (.svg, .png)"

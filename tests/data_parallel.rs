@@ -74,8 +74,10 @@ fn worker_flags_are_checked_never_ignored() {
     assert!(e.contains("no MPI"), "{e}");
     let e = err(plan(&args(&["--distributed_backend=gloo"]), None, true));
     assert!(e.contains("--distributed_backend=mpi"), "{e}");
-    let e = err(plan(&args(&["--distributed_backend=nccl"]), None, true));
-    assert!(e.contains("no NCCL"), "{e}");
+    if !easynlp::dist::NCCL_BUILD {
+        let e = err(plan(&args(&["--distributed_backend=nccl"]), None, true));
+        assert!(e.contains("no NCCL") && e.contains("--features nccl"), "{e}");
+    }
     let e = err(plan(&args(&["--worker_gpu=0"]), None, true));
     assert!(e.contains("--worker_gpu=0"), "{e}");
     // Started by mpirun as one of several without MPI built in: refused, they would race.

@@ -8,6 +8,7 @@ use crate::config::workers::{self, Workers};
 use crate::dist;
 use crate::{apps, metakd, report};
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 
 /// A validated invocation: a text-app run, or a Meta-KD data-preparation step.
 #[derive(Clone, Debug)]
@@ -102,9 +103,30 @@ fn launch(np: usize) -> Result<()> {
     Err(dist::JobFailed { np, code: status.code().unwrap_or(1) }.into())
 }
 
+/// `--distributed_backend` on the device of this rank: ranks on CUDA GPUs of an `nccl` build sum
+/// their gradients with NCCL unless `mpi` is asked for; `nccl` needs GPUs.
+fn gpu_collectives(backend: Option<&str>, device: &Device) -> Result<()> {
+    if backend == Some("nccl") && !device.is_cuda() {
+        bail!(
+            "--distributed_backend=nccl: this run is on the CPU, and NCCL sums the gradients of ranks on CUDA GPUs \
+             (leave the flag out: CPU ranks use MPI)"
+        );
+    }
+    #[cfg(feature = "nccl")]
+    if let Device::Cuda(gpu) = device {
+        let world = dist::world();
+        if world.is_distributed() && backend != Some("mpi") {
+            dist::nccl::init(world, gpu)?;
+            crate::logging::info(format!("the {} ranks sum their gradients with NCCL on the GPUs", world.size()));
+        }
+    }
+    Ok(())
+}
+
 /// A text-app run, by `--mode` and, in train, by the kind of training the settings select.
 fn run_text(cfg: &RunConfig) -> Result<()> {
     let device = crate::device::select(cfg.args.worker_gpu, dist::world().local_rank())?;
+    gpu_collectives(cfg.args.distributed_backend.as_deref(), &device)?;
     crate::ops::precision::set_global(cfg.precision);
     if cfg.precision != crate::ops::Precision::F32 {
         if !device.is_cpu() {

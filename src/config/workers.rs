@@ -81,21 +81,27 @@ pub fn plan(args: &Args, launcher_size: Option<usize>, mpi_build: bool) -> Resul
 }
 
 /// `--distributed_backend`: `mpi` (the collectives of this build) is accepted where MPI is built
-/// in; anything else is refused with what to use instead.
+/// in, `nccl` where NCCL is (GPU ranks use it by default there); anything else is refused with what
+/// to use instead.
 fn check_backend(backend: Option<&str>, mpi_build: bool) -> Result<()> {
     match backend {
         None => Ok(()),
         Some("mpi") if mpi_build => Ok(()),
         Some("mpi") => bail!("--distributed_backend=mpi: this build has no MPI; {BUILD_HINT}"),
+        Some("nccl") if crate::dist::NCCL_BUILD => Ok(()),
         Some("nccl") => bail!(
             "--distributed_backend=nccl: this build has no NCCL collectives; the gradients are all-reduced over MPI \
-             (use --distributed_backend=mpi or leave the flag out)"
+             (use --distributed_backend=mpi or leave the flag out), or build with NCCL: `cargo build --release \
+             --features nccl` (see README, CUDA)"
         ),
         Some("gloo") => bail!(
             "--distributed_backend=gloo is PyTorch's CPU backend; easynlp's collectives run on MPI (use \
              --distributed_backend=mpi or leave the flag out)"
         ),
-        Some(other) => bail!("--distributed_backend={other}: unknown backend (this build knows: mpi)"),
+        Some(other) => bail!(
+            "--distributed_backend={other}: unknown backend (this build knows: mpi{})",
+            if crate::dist::NCCL_BUILD { ", nccl" } else { "" }
+        ),
     }
 }
 

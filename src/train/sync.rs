@@ -56,26 +56,62 @@ pub fn all_reduce_grads(grads: &mut GradStore, params: &Params, world: &World) -
             n += vars[end].elem_count();
             end += 1;
         }
-        let mut bucket = Vec::with_capacity(n);
-        for v in &vars[start..end] {
-            match grads.get(v.as_tensor()) {
-                Some(g) => bucket.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                None => bucket.resize(bucket.len() + v.elem_count(), 0.0),
-            }
+        let (bucket, had) = (&vars[start..end], &present[start..end]);
+        #[cfg(feature = "nccl")]
+        if crate::dist::nccl::active() {
+            reduce_bucket_on_gpus(bucket, had, grads)?;
+            start = end;
+            continue;
         }
-        world.all_reduce_sum_f32(&mut bucket);
-        let mut offset = 0;
-        for (k, v) in vars[start..end].iter().enumerate() {
-            let count = v.elem_count();
-            if present[start + k] > 0.0 {
-                let t = v.as_tensor();
-                let g =
-                    Tensor::from_slice(&bucket[offset..offset + count], t.shape(), t.device())?.to_dtype(t.dtype())?;
-                grads.insert(t, g);
-            }
-            offset += count;
-        }
+        reduce_bucket_on_host(bucket, had, n, grads, world)?;
         start = end;
+    }
+    Ok(())
+}
+
+/// Sums one bucket of gradients over MPI through host memory (`n` elements in all).
+fn reduce_bucket_on_host(vars: &[&Var], present: &[f32], n: usize, grads: &mut GradStore, world: &World) -> Result<()> {
+    let mut bucket = Vec::with_capacity(n);
+    for v in vars {
+        match grads.get(v.as_tensor()) {
+            Some(g) => bucket.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => bucket.resize(bucket.len() + v.elem_count(), 0.0),
+        }
+    }
+    world.all_reduce_sum_f32(&mut bucket);
+    let mut offset = 0;
+    for (v, &had) in vars.iter().zip(present) {
+        let count = v.elem_count();
+        if had > 0.0 {
+            let t = v.as_tensor();
+            let g = Tensor::from_slice(&bucket[offset..offset + count], t.shape(), t.device())?.to_dtype(t.dtype())?;
+            grads.insert(t, g);
+        }
+        offset += count;
+    }
+    Ok(())
+}
+
+/// Sums one bucket of gradients with NCCL on the GPUs: flattened and joined on the device, summed,
+/// split back; nothing crosses to the host.
+#[cfg(feature = "nccl")]
+fn reduce_bucket_on_gpus(vars: &[&Var], present: &[f32], grads: &mut GradStore) -> Result<()> {
+    let parts = vars
+        .iter()
+        .map(|v| match grads.get(v.as_tensor()) {
+            Some(g) => Ok(g.flatten_all()?.to_dtype(DType::F32)?),
+            None => Ok(Tensor::zeros(v.elem_count(), DType::F32, v.device())?),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let summed = crate::dist::nccl::all_reduce_sum(&Tensor::cat(&parts, 0)?)?;
+    let mut offset = 0;
+    for (v, &had) in vars.iter().zip(present) {
+        let count = v.elem_count();
+        if had > 0.0 {
+            let t = v.as_tensor();
+            grads.insert(t, summed.narrow(0, offset, count)?.reshape(t.shape())?.to_dtype(t.dtype())?);
+        }
+        offset += count;
     }
     Ok(())
 }

@@ -101,7 +101,7 @@ impl Encoder {
 pub fn run(cfg: &PrepConfig) -> Result<()> {
     let rows = read_senti(&cfg.input, &cfg.domains)?;
     let model_dir = resolve_model(cfg.udp.require("pretrain_model_name_or_path")?, &cfg.args.modelzoo_base_dir)?;
-    let device = crate::device::select(cfg.args.worker_gpu, cfg.args.worker_count)?;
+    let device = crate::device::select(cfg.args.worker_gpu, crate::dist::world().local_rank())?;
     let encoder = Encoder::load(&model_dir, cfg.args.sequence_length, cfg.args.do_lower_case, &device)?;
     logging::info(format!(
         "embedding {} rows of {} with {} (H = {})",

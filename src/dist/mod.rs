@@ -2,9 +2,13 @@
 //! all-reduce, broadcast from rank 0, barrier and all-gather. One process is always available;
 //! with the `mpi` feature and under `mpirun` (or another MPI launcher) the world is MPI's
 //! `MPI_COMM_WORLD` (Open MPI through rsmpi). MPI is initialised once per process by [`init`];
-//! every collective is called from the main thread only, in the same order on every rank.
+//! every collective is called from the main thread only, in the same order on every rank. With
+//! `--features nccl`, ranks on CUDA GPUs sum their gradients with NCCL ([`nccl`]).
 
 use std::sync::OnceLock;
+
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 /// The world of this process: which rank it is among how many.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +38,9 @@ pub fn launcher_size() -> Option<usize> {
 
 /// Whether this build can join an MPI world (the `mpi` feature).
 pub const MPI_BUILD: bool = cfg!(feature = "mpi");
+
+/// Whether this build has NCCL collectives for ranks on CUDA GPUs (the `nccl` feature).
+pub const NCCL_BUILD: bool = cfg!(feature = "nccl");
 
 /// The workers that `easynlp --worker_gpu=N` started through `mpirun` failed: the exit status
 /// of the job (their own errors are above).

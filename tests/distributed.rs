@@ -7,7 +7,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{easynlp_owned, stderr};
+use common::{easynlp_owned, metakd, stderr, tiny_bert};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -145,6 +145,59 @@ fn two_workers_compute_the_update_of_one_worker_with_twice_the_micro_batch() {
         std::fs::read_dir(two.join("log")).unwrap().count(),
         std::fs::read_dir(one.join("log")).unwrap().count()
     );
+}
+
+/// The two runs made the same model (every weight within 1e-5) with the same logged losses
+/// (within 1e-6) at the same steps.
+fn assert_same_training(one: &Path, two: &Path) {
+    let diff = max_abs_diff(&weights(one), &weights(two));
+    eprintln!("{}: max abs weight difference {diff:e}", two.display());
+    assert!(diff <= 1e-5, "{}: weights differ by {diff}", two.display());
+    let (a, b) = (losses(one), losses(two));
+    assert!(!a.is_empty());
+    assert_eq!(a.iter().map(|l| l.0).collect::<Vec<_>>(), b.iter().map(|l| l.0).collect::<Vec<_>>());
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6, "step {step}: loss {x} vs {y}");
+    }
+}
+
+/// Both Meta-KD student stages (tiny random BERTs: a 2-layer meta-teacher, a 1-layer student,
+/// genre books): 2 workers with micro-batch 4 train the model of 1 worker with micro-batch 8,
+/// stage first's teacher-guided loss with its instance weights and stage second's soft
+/// cross-entropy with its evaluation on the genre's rows alike.
+#[test]
+fn meta_kd_student_stages_with_two_workers_train_the_model_of_one_worker() {
+    let t = metakd::tables(|i| i % 4);
+    let teacher = t.root.join("teacher");
+    let udp = format!(
+        "pretrain_model_name_or_path={} use_sample_weights=True use_domain_loss=True domain_loss_weight=0.5",
+        tiny_bert(&t.root.join("bert2"), 2, true).display()
+    );
+    ok(easynlp_owned(&metakd::train_args(&t, &teacher, &["--epoch_num=0.5", "--micro_batch_size=16"], &udp)));
+    let student = tiny_bert(&t.root.join("bert1"), 1, true);
+    let run = |name: &str, model: &Path, stage: &str, workers: usize| -> PathBuf {
+        let dir = t.root.join(name);
+        let udp = format!(
+            "pretrain_model_name_or_path={} teacher_model_path={} domain_loss_weight=0.5 distill_stage={stage} \
+             genre=books T=2",
+            model.display(),
+            teacher.display()
+        );
+        let flags = [format!("--worker_gpu={workers}"), format!("--micro_batch_size={}", 8 / workers)];
+        let extra: Vec<&str> = ["--epoch_num=2"].into_iter().chain(flags.iter().map(String::as_str)).collect();
+        let log = ok(easynlp_owned(&metakd::train_args(&t, &dir, &extra, &udp)));
+        assert!(log.contains(&format!("stage {stage}: genre books")), "{log}");
+        dir
+    };
+    let first = run("first1", &student, "first", 1);
+    assert_same_training(&first, &run("first2", &student, "first", 2));
+    let second = run("second1", &first, "second", 1);
+    let second2 = run("second2", &first, "second", 2);
+    assert_same_training(&second, &second2);
+    let state = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("latest/trainer_state.json")).unwrap()).unwrap()
+    };
+    assert_eq!(state(&second)["best_accuracy"], state(&second2)["best_accuracy"]);
 }
 
 /// `--mode=predict --output_schema=logits` with 2 workers writes the file (and its sidecar) of

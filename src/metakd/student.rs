@@ -15,7 +15,9 @@
 //! The teacher runs without dropout and without gradients. Teacher and student read the same
 //! token ids (their vocabularies must be identical).
 
-use super::student_loss::{instance_weights, layer_map, per_instance_mse, weighted_mean, LayerMap};
+use super::student_loss::{
+    instance_weights, layer_map, masked_instance_mse, per_instance_mse, weighted_mean, LayerMap,
+};
 use super::tables::{row_domains, row_weight};
 use super::teacher::{add_meta_params, content_mean, meta_config, CORRUPT_DENSE, DOMAIN_EMBEDDING};
 use crate::config::metakd::{MetaStudentSettings, Stage};
@@ -78,23 +80,14 @@ impl DomainModel {
 }
 
 /// The per-instance stage-1 loss `att_i + rep_i + dlw * dom_i` `[B]` from the student's and the
-/// teacher's outputs; `fit` projects student hidden vectors onto the teacher's size.
-pub fn stage1_instance_losses(
-    map: &LayerMap,
-    student: (&EncoderOutput, &Tensor),
-    teacher: (&EncoderOutput, &Tensor),
-    fit: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
-    domain_loss_weight: f64,
-) -> candle_core::Result<Tensor> {
-    Ok(stage1_instance_terms(map, student, teacher, fit, domain_loss_weight)?.0)
-}
-
-/// [`stage1_instance_losses`] and its terms `[B]` (no gradient): `att_loss`, `rep_loss` and
-/// `domain_loss` (`dlw * dom_i`).
+/// teacher's outputs, with its terms `[B]` (no gradient): `att_loss`, `rep_loss` and `domain_loss`
+/// (`dlw * dom_i`). `fit` projects student hidden vectors onto the teacher's size; the attention
+/// and hidden-state MSEs are over each row's real tokens (`mask` `[B, L]`).
 pub fn stage1_instance_terms(
     map: &LayerMap,
     student: (&EncoderOutput, &Tensor),
     teacher: (&EncoderOutput, &Tensor),
+    mask: &Tensor,
     fit: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
     domain_loss_weight: f64,
 ) -> candle_core::Result<(Tensor, Vec<(&'static str, Tensor)>)> {
@@ -104,12 +97,12 @@ pub fn stage1_instance_terms(
     let mut l = dom.clone();
     let (mut att, mut rep) = (dom.zeros_like()?, dom.zeros_like()?);
     for &(s, t) in &map.attention {
-        let term = per_instance_mse(&s_out.attentions[s], &t_out.attentions[t])?;
+        let term = masked_instance_mse(&s_out.attentions[s], &t_out.attentions[t], mask)?;
         att = (att + term.detach())?;
         l = (l + term)?;
     }
     for &(s, t) in &map.hidden {
-        let term = per_instance_mse(&fit(&s_out.hidden_states[s])?, &t_out.hidden_states[t])?;
+        let term = masked_instance_mse(&fit(&s_out.hidden_states[s])?, &t_out.hidden_states[t], mask)?;
         rep = (rep + term.detach())?;
         l = (l + term)?;
     }
@@ -258,8 +251,14 @@ fn stage1_terms(
     let student = DomainModel::load(cfg, &|n| params.trainable(n))?;
     let fit = Linear::load(&|n| params.trainable(n), FIT_DENSE)?;
     let (_, s_out, s_dom) = student.forward(batch, &ids, ctx)?;
-    let (l, parts) =
-        stage1_instance_terms(map, (&s_out, &s_dom), (&t_out, &t_dom), &|x| fit.forward(x), domain_loss_weight)?;
+    let (l, parts) = stage1_instance_terms(
+        map,
+        (&s_out, &s_dom),
+        (&t_out, &t_dom),
+        &batch.attention_mask,
+        &|x| fit.forward(x),
+        domain_loss_weight,
+    )?;
     let parts = parts.into_iter().map(|(n, p)| Ok((n, weighted_mean(&p, &f)?))).collect::<Result<_>>()?;
     Ok(Loss { total: weighted_mean(&l, &f)?, parts })
 }

@@ -60,6 +60,26 @@ pub fn per_instance_mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     (a - b)?.sqr()?.reshape((batch, ()))?.mean(D::Minus1)
 }
 
+/// Mean squared error per instance over its real tokens only: `a`, `b` are hidden states
+/// `[B, L, H]` or attention maps `[B, heads, L, L]` (a pair counts when query and key are both
+/// real), `mask` `[B, L]` is 1 for a real token and 0 for padding. Padding adds nothing to the sum
+/// or the count, so a row's loss does not depend on how far its batch is padded (EasyNLP pads
+/// every batch to `--sequence_length` and averages the padding in).
+pub fn masked_instance_mse(a: &Tensor, b: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let batch = a.dim(0)?;
+    let tokens = mask.sum(1)?;
+    let (weights, count) = match a.rank() {
+        3 => (mask.unsqueeze(2)?, tokens.affine(a.dim(2)? as f64, 0.0)?),
+        4 => (
+            mask.unsqueeze(1)?.unsqueeze(3)?.broadcast_mul(&mask.unsqueeze(1)?.unsqueeze(2)?)?,
+            tokens.sqr()?.affine(a.dim(1)? as f64, 0.0)?,
+        ),
+        r => candle_core::bail!("masked_instance_mse: a tensor of rank {r}, not [B, L, H] or [B, heads, L, L]"),
+    };
+    let sum = (a - b)?.sqr()?.broadcast_mul(&weights)?.reshape((batch, ()))?.sum(1)?;
+    sum / count.clamp(1.0, f64::INFINITY)?
+}
+
 /// The stage-1 loss `mean_i( f_i * l_i )` with per-instance losses `l` `[B]` and weights `f` `[B]`:
 /// each instance is weighted individually (EasyNLP scales the batch mean by `mean_i f_i`).
 pub fn weighted_mean(losses: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
@@ -110,5 +130,45 @@ mod tests {
         assert!((doubled - base - 2.0 / 3.0).abs() < 1e-6);
         // A batch-level scale (EasyNLP) would give mean(l) * mean(w) instead.
         assert!((doubled - (3.5 / 3.0) * (4.0 / 3.0)).abs() > 1e-3);
+    }
+
+    /// A row's masked MSE is the plain MSE over its real tokens, whatever padding follows them.
+    #[test]
+    fn masked_mse_ignores_padding() {
+        let d = Device::Cpu;
+        let mut rng = crate::rng::Rng::new(9);
+        let mut rand = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            Tensor::from_vec((0..n).map(|_| rng.uniform()).collect::<Vec<f32>>(), shape, &d).unwrap()
+        };
+        // Row 0 has 2 real tokens, row 1 has 3; the batch is padded to 4, then to 6.
+        let (h, heads) = (5, 2);
+        let (a, b) = (rand(&[2, 6, h]), rand(&[2, 6, h]));
+        let (p, q) = (rand(&[2, heads, 6, 6]), rand(&[2, heads, 6, 6]));
+        let mask = |len: usize| {
+            let rows: Vec<f32> =
+                [2usize, 3].iter().flat_map(|&n| (0..len).map(move |j| (j < n) as u8 as f32)).collect();
+            Tensor::from_vec(rows, (2, len), &d).unwrap()
+        };
+        let at = |t: &Tensor, len: usize| -> Tensor {
+            let mut t = t.narrow(t.rank() - 2, 0, len).unwrap();
+            if t.rank() == 4 {
+                t = t.narrow(3, 0, len).unwrap();
+            }
+            t.contiguous().unwrap()
+        };
+        for len in [4, 6] {
+            let hid = masked_instance_mse(&at(&a, len), &at(&b, len), &mask(len)).unwrap().to_vec1::<f32>().unwrap();
+            let att = masked_instance_mse(&at(&p, len), &at(&q, len), &mask(len)).unwrap().to_vec1::<f32>().unwrap();
+            for (row, n) in [(0usize, 2usize), (1, 3)] {
+                let real = |t: &Tensor| t.narrow(0, row, 1).unwrap();
+                let want_h =
+                    per_instance_mse(&at(&real(&a), n), &at(&real(&b), n)).unwrap().to_vec1::<f32>().unwrap()[0];
+                let want_a =
+                    per_instance_mse(&at(&real(&p), n), &at(&real(&q), n)).unwrap().to_vec1::<f32>().unwrap()[0];
+                assert!((hid[row] - want_h).abs() < 1e-6, "len {len} row {row}: {} vs {want_h}", hid[row]);
+                assert!((att[row] - want_a).abs() < 1e-6, "len {len} row {row}: {} vs {want_a}", att[row]);
+            }
+        }
     }
 }

@@ -242,7 +242,10 @@ class Context:
         if rc != 0:
             raise CheckFailed(f"torch {name} exited with {rc}: {last_error(text)}")
         with open(json_path) as fh:
-            return json.load(fh)
+            result = json.load(fh)
+        if "torch" in result and "transformers" in result and "torch" not in self.facts:
+            self.facts["torch"] = {k: result.get(k) for k in ("torch", "transformers", "device_name")}
+        return result
 
 
 class CheckFailed(Exception):
@@ -350,7 +353,7 @@ def step1_logits(ctx):
     write_rows(dev, read_rows(os.path.join(ctx.sst2, "dev.tsv"), True)[:dev_rows])
     ckpt = fresh(ctx.path("logits-ckpt"))
     # A fixed classifier: our binary, a few optimizer steps from minilm-l6 (seed 42), on the device.
-    ctx.ours_ok(st, "logits-train", train_args(ctx.model_l6, train, dev, ckpt, seq, batch, do_eval=False))
+    ctx.ours_ok(st, "logits-train", train_args(ctx.model_l6, train, dev, ckpt, seq, batch, do_eval=False, lr="2e-4"))
     out = ctx.path("logits-ours.tsv")
     ctx.ours_ok(st, "logits-predict", predict_args(ckpt, dev, out, seq, 32))
     r = ctx.torch(st, "logits", ["logits", "--ckpt", ckpt, "--table", dev, "--ours", out, "--seq", str(seq)])
@@ -423,14 +426,15 @@ def step3_speed(ctx):
     torch_steps = env_int("GPU_CHECK_TORCH_STEPS", 2 if d else 20)
     torch_min_s = env_float("GPU_CHECK_TORCH_MIN_S", 0 if d else 1.0)
     precisions = [p for p in os.environ.get("GPU_CHECK_PRECISIONS", "f32,bf16").split(",") if p]
-    shape = os.environ.get("GPU_CHECK_BIG_SHAPE", "12,768,12,3072")
-    big = fresh(ctx.path("bert-base-random"))
-    ctx.torch(st, "make-model", ["make-model", "--like", ctx.model_l6, "--out", big, "--shape", shape])
+    # BERT-base's shape (the dry run a smaller stand-in, unless GPU_CHECK_BIG_SHAPE says otherwise).
+    shape = os.environ.get("GPU_CHECK_BIG_SHAPE") or ("4,256,4,1024" if d else "12,768,12,3072")
     layers, hidden, heads, inter = (int(x) for x in shape.split(","))
     big_name = "BERT-base shape" if shape == "12,768,12,3072" else f"BERT L{layers} H{hidden} A{heads} I{inter}"
-    models = [("minilm-l6", ctx.model_l6), (big_name + " (random)", big)]
-    if os.environ.get("GPU_CHECK_MODELS") == "minilm-l6":
-        models = models[:1]
+    models = [("minilm-l6", ctx.model_l6)]
+    if os.environ.get("GPU_CHECK_MODELS", "") != "minilm-l6":
+        big = fresh(ctx.path("bert-random"))
+        ctx.torch(st, "make-model", ["make-model", "--like", ctx.model_l6, "--out", big, "--shape", shape])
+        models.append((big_name + " (random weights)", big))
     train_rows = batch * log_steps * windows
     train_table = fixed_table(ctx.model_l6, train_rows, seq, ctx.path("fixed-train.tsv"))
     notes = []
@@ -470,7 +474,6 @@ def step3_speed(ctx):
         ref = ctx.torch(st, f"bench-{tag}", ["bench", "--model", mdir, "--batch", str(batch), "--seq", str(seq),
                                               "--precisions", ",".join(precisions), "--warmup", str(torch_warmup),
                                               "--steps", str(torch_steps), "--min-seconds", str(torch_min_s)])
-        ctx.facts["torch"] = ctx.facts.get("torch") or {k: ref[k] for k in ("torch", "transformers", "device_name")}
         for mode in ("train", "infer"):
             for prec in precisions:
                 mine = ours.get((mode, prec))
@@ -543,12 +546,12 @@ def step4_mpi(ctx):
         ctx.outcomes.append((4, "mpi", "SKIP", why))
         return
     # As tests/distributed.rs: minilm-l3, 256 SST-2 rows, 3 optimizer steps of 16 rows, seed 7.
-    rows = 256
+    rows = max(48, env_int("GPU_CHECK_MPI_ROWS", 256))
     train = ctx.path("mpi-train.tsv")
     dev = ctx.path("mpi-dev.tsv")
     write_rows(train, read_rows(os.path.join(ctx.sst2, "train.tsv"), True)[:rows])
     write_rows(dev, read_rows(os.path.join(ctx.sst2, "dev.tsv"), True)[:64])
-    common = ["--epoch_num=0.1875", "--logging_steps=1"]
+    common = [f"--epoch_num={48 / rows!r}", "--logging_steps=1"]
     one, two = fresh(ctx.path("mpi-one")), fresh(ctx.path("mpi-two"))
 
     def args(ckpt, extra):
@@ -648,12 +651,17 @@ def cmd_run(args):
 # ------------------------------------------------------------------------------ torch workers
 
 def import_torch(cpu):
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    try:
+        transformers.utils.logging.disable_progress_bar()
+    except AttributeError:
+        pass
     # f32 means f32: no TF32 in the matrix products (checked against ours at 1e-3).
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.allow_tf32 = False
@@ -696,7 +704,7 @@ def cmd_logits(args):
     log(f"logits: {len(texts)} rows on {dev}, max abs diff {diff:.3e}, argmax agree {agree}/{len(texts)}")
     return {"rows": len(texts), "max_abs_diff": diff, "argmax_agree": agree,
             "max_abs_logit": max(abs(x) for r in theirs for x in r), "torch": torch.__version__,
-            "device_name": device_name(torch, dev)}
+            "transformers": transformers.__version__, "device_name": device_name(torch, dev)}
 
 
 def cmd_make_model(args):

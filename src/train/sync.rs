@@ -59,7 +59,8 @@ pub fn all_reduce_grads(grads: &mut GradStore, params: &Params, world: &World) -
         let mut bucket = Vec::with_capacity(n);
         for v in &vars[start..end] {
             match grads.get(v.as_tensor()) {
-                Some(g) => bucket.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                // Over MPI on the host: counted transfers.
+                Some(g) => bucket.extend(crate::ops::read_back::<f32>(g)?),
                 None => bucket.resize(bucket.len() + v.elem_count(), 0.0),
             }
         }
@@ -69,8 +70,8 @@ pub fn all_reduce_grads(grads: &mut GradStore, params: &Params, world: &World) -
             let count = v.elem_count();
             if present[start + k] > 0.0 {
                 let t = v.as_tensor();
-                let g =
-                    Tensor::from_slice(&bucket[offset..offset + count], t.shape(), t.device())?.to_dtype(t.dtype())?;
+                let g = crate::ops::upload(bucket[offset..offset + count].to_vec(), t.shape(), t.device())?
+                    .to_dtype(t.dtype())?;
                 grads.insert(t, g);
             }
             offset += count;

@@ -61,12 +61,8 @@ pub fn make_batch(examples: &[&Example], device: &Device) -> Result<Batch> {
         types[r * len..r * len + n].copy_from_slice(&e.enc.type_ids);
         mask[r * len..r * len + n].iter_mut().for_each(|m| *m = 1.0);
     }
-    let labels = examples
-        .iter()
-        .map(|e| e.label)
-        .collect::<Option<Vec<u32>>>()
-        .map(|l| upload(l, b, device))
-        .transpose()?;
+    let labels =
+        examples.iter().map(|e| e.label).collect::<Option<Vec<u32>>>().map(|l| upload(l, b, device)).transpose()?;
     let teacher_logits = match examples.iter().map(|e| e.teacher_logits.as_deref()).collect::<Option<Vec<_>>>() {
         Some(rows) if b > 0 => {
             let c = rows[0].len();

@@ -4,8 +4,8 @@
 //! accumulation rows, each rank computes its strided share of every global micro-batch, the
 //! gradients are summed over the ranks, and rank 0 alone saves and logs.
 
-use super::optimizer::OptimizerKind;
 use super::optimizer::Optimizer;
+use super::optimizer::OptimizerKind;
 use super::schedule::LinearSchedule;
 use super::sync;
 use crate::data::batch::{bucketed_batches, make_batch, Batch, Example};
@@ -296,12 +296,9 @@ impl LossWindow {
             .flat_map(|s| s.values.iter())
             .map(|t| t.to_dtype(candle_core::DType::F64)?.reshape(1))
             .collect::<candle_core::Result<_>>()?;
-        let mut values = if flat.is_empty() {
-            Vec::new()
-        } else {
-            crate::ops::read_back::<f64>(&Tensor::cat(&flat, 0)?)?
-        }
-        .into_iter();
+        let mut values =
+            if flat.is_empty() { Vec::new() } else { crate::ops::read_back::<f64>(&Tensor::cat(&flat, 0)?)? }
+                .into_iter();
         // Per micro-batch: this rank's share of the loss and of each term (summed over the ranks below).
         let mut shares: Vec<Vec<f64>> = Vec::new();
         for p in &self.pending {

@@ -1,14 +1,17 @@
 //! The device-generic path (`EASYNLP_KERNELS=portable`: what a GPU runs) forced on the CPU
 //! against the fused CPU kernels: the same gradients on a real model, the same trained model.
-//! (One test per process state: the kernel choice is process-wide.)
+//! (The kernel choice and the transfer counters are process-wide: the in-process tests take
+//! [`SERIAL`].)
 
 mod common;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use common::{sentiment_train_args, stderr};
-use easynlp::data::batch::{make_batch, Example};
+use easynlp::data::batch::{make_batch, Batch, Example};
 use easynlp::data::tokenize::BertTokenizer;
+use easynlp::distill::kd::vanilla_kd_terms;
+use easynlp::metrics::EvalReport;
 use easynlp::model::bert::ForwardCtx;
 use easynlp::model::classifier::{init_head, Classifier};
 use easynlp::model::config::BertConfig;
@@ -16,7 +19,12 @@ use easynlp::model::params::{read_weights, Params};
 use easynlp::ops::{set_kernels, Kernels};
 use easynlp::rng::Rng;
 use easynlp::train::optimizer::{Optimizer, OptimizerKind, StepParams};
+use easynlp::train::trainer::{train, Checkpoints, Loss, Snapshot, TrainSettings, TrainTask};
 use std::path::Path;
+use std::sync::Mutex;
+
+/// Held by the tests that set the kernels or count transfers in this process.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Largest difference allowed between the two paths' gradients, relative to the largest
 /// gradient of the tensor (measured on minilm-l3: 5.8e-6 for the gradients, 6.9e-6 for the
@@ -100,6 +108,7 @@ fn worst(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], floor: f32) -> (f64
 #[test]
 fn the_portable_path_computes_the_fused_paths_gradients_and_update() {
     let Some(shared) = common::shared_dir("portable gradients") else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let model = shared.join("models/minilm-l3");
     let (g_fused, params, grads) = gradients(&model, Kernels::Fused);
     let (g_port, _, _) = gradients(&model, Kernels::Portable);
@@ -154,4 +163,152 @@ fn portable_training_reaches_the_fused_runs_model_and_accuracy() {
         .output()
         .unwrap();
     common::assert_failed_with(&bad, &["EASYNLP_KERNELS=gpu", "portable"]);
+}
+
+/// A KD training task on minilm-l3 that notes the transfer counters each time a micro-batch's
+/// loss is asked for (its batch is uploaded by then).
+struct CountingTask {
+    cfg: BertConfig,
+    seen: std::cell::RefCell<Vec<easynlp::ops::Transfers>>,
+}
+
+impl TrainTask for CountingTask {
+    fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> anyhow::Result<Loss> {
+        self.seen.borrow_mut().push(easynlp::ops::transfers());
+        let logits = Classifier::load(&self.cfg, &|n| params.trainable(n))?.forward(batch, ctx)?;
+        let teacher = batch.teacher_logits.as_ref().expect("KD rows");
+        let (kd, ce) = vanilla_kd_terms(&logits, teacher, batch.labels.as_ref().expect("labels"), 2.0, 0.5)?;
+        Ok(Loss { total: (&kd + &ce)?, parts: vec![("kd_loss", kd.detach()), ("ce_loss", ce.detach())] })
+    }
+
+    fn evaluate(&self, _params: &Params) -> anyhow::Result<Option<EvalReport>> {
+        Ok(None)
+    }
+}
+
+/// Saves nothing.
+struct NoCheckpoints(std::path::PathBuf);
+
+impl Checkpoints for NoCheckpoints {
+    fn save(&self, _snapshot: &Snapshot) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn save_all(&self) -> bool {
+        false
+    }
+    fn location(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// Tensors `make_batch` uploads for a KD batch: ids, segment ids, mask, labels, teacher logits.
+const BATCH_UPLOADS: u64 = 5;
+
+#[test]
+fn a_portable_training_step_uploads_its_batch_only_and_reads_back_only_to_log() {
+    let Some(shared) = common::shared_dir("portable transfers") else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    set_kernels(Kernels::Portable);
+    let model = shared.join("models/minilm-l3");
+    let dev = Device::Cpu;
+    let cfg = BertConfig::load(&model).unwrap();
+    let (weights, _) = read_weights(&model, &dev).unwrap();
+    let mut params = Params::default();
+    for (k, t) in &weights {
+        params.insert(k, t).unwrap();
+    }
+    init_head(&mut params, &cfg, 2, &mut Rng::new(5), &dev).unwrap();
+    let tokenizer = BertTokenizer::load(&model, 24, false).unwrap();
+    let texts = ["a gripping film", "terrible", "one of the best performances of the year", "i walked out"];
+    let rows: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (*t, None)).collect();
+    let mut rng = Rng::new(9);
+    let examples: Vec<Example> = (0..40)
+        .map(|i| Example {
+            enc: tokenizer.encode_batch(&rows[i % 4..i % 4 + 1]).unwrap().remove(0),
+            label: Some((i % 2) as u32),
+            teacher_logits: Some(vec![rng.uniform() * 4.0 - 2.0, rng.uniform() * 4.0 - 2.0]),
+            domain: None,
+        })
+        .collect();
+    // 40 rows in micro-batches of 4, two per step: 5 steps, a log line at step 3, the epoch
+    // end at step 5; clipping on (its factor stays on the device).
+    let settings = TrainSettings {
+        epochs: 1.0,
+        batch_size: 4,
+        grad_accum: 2,
+        learning_rate: 1e-4,
+        warmup_proportion: 0.1,
+        max_grad_norm: 0.5,
+        weight_decay: 0.01,
+        optimizer: OptimizerKind::AdamW,
+        logging_steps: 3,
+        save_checkpoint_steps: None,
+        seed: 3,
+    };
+    let task = CountingTask { cfg, seen: Default::default() };
+    let work = tempfile::tempdir().unwrap();
+    let before = easynlp::ops::transfers();
+    train(&settings, &params, &examples, &task, &NoCheckpoints(work.path().into()), None, &dev).unwrap();
+    let after = easynlp::ops::transfers();
+    set_kernels(Kernels::Fused);
+    let seen = task.seen.into_inner();
+    assert_eq!(seen.len(), 10, "ten micro-batches");
+    assert_eq!(seen[0].uploads - before.uploads, BATCH_UPLOADS);
+    assert_eq!(seen[0].read_backs, before.read_backs);
+    // Between the losses of micro-batches m and m + 1: the rest of m's step and m + 1's batch.
+    for (m, pair) in seen.windows(2).enumerate() {
+        let uploads = pair[1].uploads - pair[0].uploads;
+        let read_backs = pair[1].read_backs - pair[0].read_backs;
+        assert_eq!(uploads, BATCH_UPLOADS, "micro-batch {m}: {uploads} uploads, the batch has {BATCH_UPLOADS}");
+        // Step 3 (micro-batches 4 and 5) is the only logging step that ends in between.
+        let expected = u64::from(m == 5);
+        assert_eq!(read_backs, expected, "micro-batch {m} (step {}): {read_backs} read-backs", m / 2 + 1);
+    }
+    // After the last loss: the last step's update and the epoch-end read-back.
+    assert_eq!(after.uploads, seen[9].uploads);
+    assert_eq!(after.read_backs - seen[9].read_backs, 1);
+}
+
+/// The training-step sources call no uncounted transfer: every host tensor and read-back there
+/// goes through `easynlp::ops::{upload, read_back}` (test code after `#[cfg(test)]` excepted).
+#[test]
+fn training_step_sources_transfer_only_through_the_counted_functions() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pattern = uncounted_transfer;
+    for file in [
+        "src/train/trainer.rs",
+        "src/metakd/student.rs",
+        "src/metakd/teacher.rs",
+        "src/metakd/student_loss.rs",
+        "src/distill/kd.rs",
+        "src/apps/train.rs",
+        "src/model/classifier.rs",
+        "src/model/bert.rs",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (i, line) in code.lines().enumerate() {
+            let line = line.split("//").next().unwrap();
+            if let Some(hit) = pattern(line) {
+                panic!("{file}:{}: `{hit}` transfers outside easynlp::ops::{{upload, read_back}}", i + 1);
+            }
+        }
+    }
+}
+
+/// The first uncounted transfer call in `line`, if any.
+fn uncounted_transfer(line: &str) -> Option<&'static str> {
+    const CALLS: [&str; 10] = [
+        ".to_vec0",
+        ".to_vec1",
+        ".to_vec2",
+        ".to_vec3",
+        ".to_scalar",
+        "Tensor::new(",
+        "Tensor::from_vec(",
+        "Tensor::from_slice(",
+        ".to_device(",
+        "clone_htod",
+    ];
+    CALLS.into_iter().find(|c| line.contains(c))
 }

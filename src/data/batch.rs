@@ -1,6 +1,7 @@
 //! Examples and batches: dynamic padding to the longest row of each batch, seeded batch order.
 
 use super::tokenize::Encoded;
+use crate::ops::upload;
 use crate::rng::Rng;
 use candle_core::{Device, Result, Tensor};
 
@@ -47,7 +48,7 @@ pub struct Batch {
     pub tokens: usize,
 }
 
-/// Builds the batch of `examples`, padded to the longest (never beyond what the tokenizer truncated to).
+/// Builds the batch of `examples` (its tensors are counted [`upload`]s), padded to the longest (never beyond what the tokenizer truncated to).
 pub fn make_batch(examples: &[&Example], device: &Device) -> Result<Batch> {
     let b = examples.len();
     let len = examples.iter().map(|e| e.enc.ids.len()).max().unwrap_or(0);
@@ -60,23 +61,19 @@ pub fn make_batch(examples: &[&Example], device: &Device) -> Result<Batch> {
         types[r * len..r * len + n].copy_from_slice(&e.enc.type_ids);
         mask[r * len..r * len + n].iter_mut().for_each(|m| *m = 1.0);
     }
-    let labels = examples
-        .iter()
-        .map(|e| e.label)
-        .collect::<Option<Vec<u32>>>()
-        .map(|l| Tensor::from_vec(l, b, device))
-        .transpose()?;
+    let labels =
+        examples.iter().map(|e| e.label).collect::<Option<Vec<u32>>>().map(|l| upload(l, b, device)).transpose()?;
     let teacher_logits = match examples.iter().map(|e| e.teacher_logits.as_deref()).collect::<Option<Vec<_>>>() {
         Some(rows) if b > 0 => {
             let c = rows[0].len();
-            Some(Tensor::from_vec(rows.concat(), (b, c), device)?)
+            Some(upload(rows.concat(), (b, c), device)?)
         }
         _ => None,
     };
     Ok(Batch {
-        input_ids: Tensor::from_vec(ids, (b, len), device)?,
-        token_type_ids: Tensor::from_vec(types, (b, len), device)?,
-        attention_mask: Tensor::from_vec(mask, (b, len), device)?,
+        input_ids: upload(ids, (b, len), device)?,
+        token_type_ids: upload(types, (b, len), device)?,
+        attention_mask: upload(mask, (b, len), device)?,
         labels,
         teacher_logits,
         domains: examples.iter().map(|e| e.domain).collect(),

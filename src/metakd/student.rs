@@ -6,7 +6,7 @@
 //!   its own domain branch and `meta.fit_dense: H_s -> H_t`) learns the teacher's attention maps and
 //!   hidden states over the [`layer_map`] and its domain content; per instance
 //!   `l_i = att_i + rep_i + domain_loss_weight * dom_i`, loss `mean_i(f_i * l_i)` with
-//!   `f_i = (1 + w_i) * g_i` ([`instance_weights`]). Training rows are the `genre` rows of the first
+//!   `f_i = (1 + w_i) * g_i` ([`instance_weights_on_device`]). Training rows are the `genre` rows of the first
 //!   table; there is no evaluation, the model is saved at the end.
 //! * Stage `second`: the stage-1 student learns the teacher's logits with the soft cross-entropy
 //!   `mean_i sum_c -softmax(t_i/T)_c log_softmax(s_i/T)_c`; the best model is chosen by accuracy on the
@@ -16,7 +16,7 @@
 //! token ids (their vocabularies must be identical).
 
 use super::student_loss::{
-    instance_weights, layer_map, masked_instance_mse, per_instance_mse, weighted_mean, LayerMap,
+    instance_weights_on_device, layer_map, masked_instance_mse, per_instance_mse, weighted_mean, LayerMap,
 };
 use super::tables::{row_domains, row_weight};
 use super::teacher::{add_meta_params, content_mean, meta_config, CORRUPT_DENSE, DOMAIN_EMBEDDING};
@@ -37,6 +37,7 @@ use crate::model::config::BertConfig;
 use crate::model::infer::model_outputs;
 use crate::model::infer::{check_sequence_length, evaluate_examples};
 use crate::model::params::Params;
+use crate::ops::upload;
 use crate::rng::Rng;
 use crate::train::trainer::{Loss, TrainTask};
 use anyhow::{bail, Context, Result};
@@ -240,14 +241,13 @@ fn stage1_terms(
     let device = batch.input_ids.device();
     let labels = batch.labels.as_ref().context("training rows need labels")?;
     let tags = batch.domains.as_ref().context("student batch without domains")?;
-    let ids: Vec<u32> = tags.iter().map(|t| t.domain).collect();
-    let ids = Tensor::new(ids.as_slice(), device)?;
-    let prototype: Vec<f32> = tags.iter().map(|t| t.weight).collect();
+    // The rows' domains and prototype weights are batch inputs; the rest stays on the device.
+    let ids = upload(tags.iter().map(|t| t.domain).collect(), tags.len(), device)?;
+    let prototype = upload(tags.iter().map(|t| t.weight).collect(), tags.len(), device)?;
     let teacher = DomainModel::load(teacher_cfg, &|n| teacher.frozen(n))?;
     let (t_logits, t_out, t_dom) = teacher.forward(batch, &ids, &ForwardCtx::eval())?;
-    let p_true: Vec<f32> =
-        candle_nn::ops::softmax(&t_logits, D::Minus1)?.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.to_vec1()?;
-    let f = Tensor::new(instance_weights(&prototype, &p_true).as_slice(), device)?;
+    let p_true = candle_nn::ops::softmax(&t_logits, D::Minus1)?.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let f = instance_weights_on_device(&prototype, &p_true.to_dtype(candle_core::DType::F32)?)?;
     let student = DomainModel::load(cfg, &|n| params.trainable(n))?;
     let fit = Linear::load(&|n| params.trainable(n), FIT_DENSE)?;
     let (_, s_out, s_dom) = student.forward(batch, &ids, ctx)?;

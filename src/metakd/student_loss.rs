@@ -54,6 +54,14 @@ pub fn instance_weights(prototype: &[f32], teacher_p_true: &[f32]) -> Vec<f32> {
     prototype.iter().zip(teacher_p_true).map(|(&w, &p)| (1.0 + w) * domain_expertise_weight(p)).collect()
 }
 
+/// [`instance_weights`] with tensor ops on the tensors' device (`[B]` f32 each): the same
+/// arithmetic, so nothing is read back in a training step.
+pub fn instance_weights_on_device(prototype: &Tensor, teacher_p_true: &Tensor) -> candle_core::Result<Tensor> {
+    let q = teacher_p_true.affine(-1.0, 1.0)?;
+    let g = (q.sqr()?.exp()? + 1.0)?.recip()?;
+    prototype.affine(1.0, 1.0)?.mul(&g)
+}
+
 /// Mean squared error per instance: `[B, ...]` pairs -> `[B]` (mean over all but the first dim).
 pub fn per_instance_mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     let batch = a.dim(0)?;
@@ -90,6 +98,21 @@ pub fn weighted_mean(losses: &Tensor, weights: &Tensor) -> candle_core::Result<T
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn instance_weights_on_the_device_match_the_host_version() {
+        let d = Device::Cpu;
+        let prototype = [0.0f32, 0.25, 1.0, 3.5, 0.7, 0.0];
+        let p_true = [1.0f32, 0.0, 0.5, 0.123, 0.999, 1e-6];
+        let host = instance_weights(&prototype, &p_true);
+        let dev = instance_weights_on_device(&Tensor::new(&prototype, &d).unwrap(), &Tensor::new(&p_true, &d).unwrap())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (h, g) in host.iter().zip(&dev) {
+            assert!((h - g).abs() <= 1e-6 * h.abs(), "host {h}, device {g}");
+        }
+    }
 
     #[test]
     fn uniform_layer_maps() {

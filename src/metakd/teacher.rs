@@ -214,20 +214,21 @@ impl TrainTask for MetaTeacherTask<'_> {
     fn loss(&self, params: &Params, batch: &Batch, ctx: &ForwardCtx) -> Result<Loss> {
         let labels = batch.labels.as_ref().context("training rows need labels")?;
         let tags = batch.domains.as_ref().context("meta-teacher batch without domains")?;
+        // The rows' domains, weights and corrupted domains are batch inputs (counted uploads).
         let domain_ids: Vec<u32> = tags.iter().map(|t| t.domain).collect();
         let weights = if self.meta.use_sample_weights {
             let w: Vec<f32> = tags.iter().map(|t| t.weight).collect();
-            Some(Tensor::from_vec(w, batch.size, &self.device)?)
+            Some(crate::ops::upload(w, batch.size, &self.device)?)
         } else {
             None
         };
         let dlw = self.meta.domain_loss_weight;
         if self.meta.use_domain_loss {
             let model = MetaTeacher::load(self.config, &|n| params.trainable(n))?;
-            let ids = Tensor::new(domain_ids.as_slice(), &self.device)?;
+            let ids = crate::ops::upload(domain_ids.clone(), domain_ids.len(), &self.device)?;
             // A fresh draw from the forward context (seeded per micro-batch, reproducible on resume).
             let seed = ctx.dropout_seed(1.0).unwrap_or(self.seed);
-            let corrupted = Tensor::new(corrupt_domains(&domain_ids, seed).as_slice(), &self.device)?;
+            let corrupted = crate::ops::upload(corrupt_domains(&domain_ids, seed), domain_ids.len(), &self.device)?;
             let (logits, domain_logits) = model.forward(batch, &ids, ctx)?;
             Ok(meta_teacher_terms(&logits, labels, Some((&domain_logits, &corrupted)), dlw, weights.as_ref())?)
         } else {

@@ -36,7 +36,7 @@ pub use dropout::dropout;
 pub use encoder_layer::encoder_layer;
 pub use first_position::encoder_layer_first_position;
 pub use gelu::gelu_erf;
-pub use kernels::{kernels, set_kernels, Kernels};
+pub use kernels::{kernels, read_back, set_kernels, transfers, upload, Kernels, Transfers};
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use precision::Precision;

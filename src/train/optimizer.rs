@@ -29,6 +29,14 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// The factor the gradients are multiplied by before an update ([`Optimizer::grad_scale`]).
+pub enum GradScale {
+    /// A host number.
+    Host(f64),
+    /// An f32 scalar on the parameters' device.
+    Device(Tensor),
+}
+
 /// Hyper-parameters of one optimizer step.
 #[derive(Copy, Clone, Debug)]
 pub struct StepParams {
@@ -110,24 +118,53 @@ impl Optimizer {
             if let Some(g) = grads.get(slot.var.as_tensor()) {
                 match host_squared_norm(g) {
                     Some(sq) => total += sq,
-                    None => {
-                        let sq = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
-                        on_device = Some(match on_device {
-                            Some(acc) => (acc + sq)?,
-                            None => sq,
-                        });
-                    }
+                    None => on_device = Some(add_squares(on_device, g)?),
                 }
             }
         }
         if let Some(acc) = on_device {
-            total += acc.to_scalar::<f64>()?;
+            total += crate::ops::read_back::<f64>(&acc)?[0];
         }
         Ok(total.sqrt())
     }
 
+    /// The factor every gradient is multiplied by in [`Optimizer::step_scaled`]: `avg` (the
+    /// accumulation average) times the clipping factor `max_norm / (norm + 1e-6)` when the
+    /// averaged gradients' global norm `norm` exceeds `max_norm` (`<= 0`: no clipping). With
+    /// moments in host memory (the fused CPU pass) a host number; otherwise an f32 scalar on the
+    /// parameters' device, computed there in f64 with the same arithmetic, so nothing is read back.
+    pub fn grad_scale(&self, grads: &GradStore, avg: f64, max_norm: f64) -> Result<GradScale> {
+        if self.slots.iter().all(|s| matches!(s.moments, Moments::Host { .. })) {
+            let norm = if max_norm > 0.0 { self.grad_norm(grads)? * avg } else { 0.0 };
+            let clip = if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 };
+            return Ok(GradScale::Host(avg * clip));
+        }
+        if max_norm <= 0.0 {
+            return Ok(GradScale::Host(avg));
+        }
+        let mut sum: Option<Tensor> = None;
+        for slot in &self.slots {
+            if let Some(g) = grads.get(slot.var.as_tensor()) {
+                sum = Some(add_squares(sum, g)?);
+            }
+        }
+        let Some(sum) = sum else { return Ok(GradScale::Host(avg)) };
+        let norm = (sum.sqrt()? * avg)?;
+        let ones = norm.ones_like()?;
+        let clip = ((&ones * max_norm)? / (&norm + 1e-6)?)?;
+        let clip = norm.gt(max_norm)?.where_cond(&clip, &ones)?;
+        let scale = ((ones * avg)? * clip)?;
+        Ok(GradScale::Device(scale.to_dtype(candle_core::DType::F32)?))
+    }
+
     /// Applies one update from `grads`. Parameters without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore, sp: StepParams) -> Result<()> {
+        self.step_scaled(grads, sp.lr, &GradScale::Host(sp.grad_scale))
+    }
+
+    /// [`Optimizer::step`] at learning rate `lr` with the gradients multiplied by `scale` (from
+    /// [`Optimizer::grad_scale`]).
+    pub fn step_scaled(&mut self, grads: &GradStore, lr: f64, scale: &GradScale) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         let (bc1, bc2) = match self.kind {
@@ -141,9 +178,16 @@ impl Optimizer {
             let grad = grad.contiguous()?;
             let rule = Rule {
                 kind: self.kind,
-                lr: sp.lr as f32,
+                lr: lr as f32,
                 wd: if slot.decay { self.weight_decay as f32 } else { 0.0 },
-                scale: sp.grad_scale as f32,
+                scale: match scale {
+                    GradScale::Host(s) => *s as f32,
+                    // Host moments beside device ones (not a configuration the program makes).
+                    GradScale::Device(t) if matches!(slot.moments, Moments::Host { .. }) => {
+                        crate::ops::read_back::<f32>(t)?[0]
+                    }
+                    GradScale::Device(_) => 1.0,
+                },
                 bc1: bc1 as f32,
                 bc2: bc2 as f32,
             };
@@ -152,7 +196,13 @@ impl Optimizer {
                     let update = Update { rule, m: RefCell::new(m), v: RefCell::new(v) };
                     slot.var.as_tensor().inplace_op2(&grad, &update)?;
                 }
-                Moments::Device { m, v } => rule.on_device(&slot.var, &grad, m, v)?,
+                Moments::Device { m, v } => {
+                    let device_scale = match scale {
+                        GradScale::Device(t) => Some(t),
+                        GradScale::Host(_) => None,
+                    };
+                    rule.on_device(&slot.var, &grad, device_scale, m, v)?
+                }
             }
         }
         Ok(())
@@ -200,6 +250,15 @@ impl Optimizer {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// `acc` plus the sum of the squares of `g`, as an f64 scalar on `g`'s device.
+fn add_squares(acc: Option<Tensor>, g: &Tensor) -> Result<Tensor> {
+    let sq = g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?;
+    Ok(match acc {
+        Some(acc) => (acc + sq)?,
+        None => sq,
+    })
 }
 
 /// Sum of squares of contiguous f32 data in host memory (a parallel pass); None for any other
@@ -288,9 +347,20 @@ crate::ops::util::simd_fn! {
 
 impl Rule {
     /// The rule with tensor ops on the parameter's device, moments updated in place.
-    fn on_device(&self, var: &Var, grad: &Tensor, m: &mut Tensor, v: &mut Tensor) -> Result<()> {
+    /// `device_scale` (an f32 scalar on the device) replaces `self.scale` when given.
+    fn on_device(
+        &self,
+        var: &Var,
+        grad: &Tensor,
+        device_scale: Option<&Tensor>,
+        m: &mut Tensor,
+        v: &mut Tensor,
+    ) -> Result<()> {
         let p = var.as_tensor().detach();
-        let g = (grad * self.scale as f64)?;
+        let g = match device_scale {
+            Some(s) => grad.broadcast_mul(&s.to_dtype(grad.dtype())?)?,
+            None => (grad * self.scale as f64)?,
+        };
         let (b1, b2) = (BETA1, BETA2);
         let (lr, wd) = (self.lr as f64, self.wd as f64);
         let new_p = match self.kind {

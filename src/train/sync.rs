@@ -74,7 +74,8 @@ fn reduce_bucket_on_host(vars: &[&Var], present: &[f32], n: usize, grads: &mut G
     let mut bucket = Vec::with_capacity(n);
     for v in vars {
         match grads.get(v.as_tensor()) {
-            Some(g) => bucket.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            // Over MPI on the host: counted transfers.
+            Some(g) => bucket.extend(crate::ops::read_back::<f32>(g)?),
             None => bucket.resize(bucket.len() + v.elem_count(), 0.0),
         }
     }
@@ -84,7 +85,8 @@ fn reduce_bucket_on_host(vars: &[&Var], present: &[f32], n: usize, grads: &mut G
         let count = v.elem_count();
         if had > 0.0 {
             let t = v.as_tensor();
-            let g = Tensor::from_slice(&bucket[offset..offset + count], t.shape(), t.device())?.to_dtype(t.dtype())?;
+            let g = crate::ops::upload(bucket[offset..offset + count].to_vec(), t.shape(), t.device())?
+                .to_dtype(t.dtype())?;
             grads.insert(t, g);
         }
         offset += count;

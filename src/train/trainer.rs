@@ -4,8 +4,8 @@
 //! accumulation rows, each rank computes its strided share of every global micro-batch, the
 //! gradients are summed over the ranks, and rank 0 alone saves and logs.
 
+use super::optimizer::Optimizer;
 use super::optimizer::OptimizerKind;
-use super::optimizer::{Optimizer, StepParams};
 use super::schedule::LinearSchedule;
 use super::sync;
 use crate::data::batch::{bucketed_batches, make_batch, Batch, Example};
@@ -230,6 +230,105 @@ impl RunningLoss {
     }
 }
 
+/// A micro-batch's loss and terms on this rank, kept on the device until the next log line.
+struct Share {
+    /// `[loss, terms...]`, detached scalars.
+    values: Vec<Tensor>,
+    /// This rank's part of the global micro-batch's rows.
+    weight: f64,
+}
+
+/// An optimizer step whose losses were not read back yet.
+struct PendingStep {
+    step: usize,
+    lr: f64,
+    /// Per micro-batch; None where this rank had no rows.
+    shares: Vec<Option<Share>>,
+}
+
+/// The losses of the steps since the last log line, read back together: the training step
+/// itself reads nothing back. [`LossWindow::flush`] runs at every log line, evaluation, epoch
+/// end and interruption (the same steps on every rank: it sums over the ranks).
+#[derive(Default)]
+struct LossWindow {
+    pending: Vec<PendingStep>,
+    running: RunningLoss,
+    /// The names of the loss terms, known once a batch was computed here (rank 0 always has rows).
+    term_names: Vec<&'static str>,
+}
+
+impl LossWindow {
+    /// Keeps the loss of one micro-batch of the current step (`push_step` first).
+    fn push(&mut self, loss: &Loss, weight: f64) {
+        let mut values = vec![loss.total.detach()];
+        for (name, t) in &loss.parts {
+            values.push(t.detach());
+            if !self.term_names.contains(name) {
+                self.term_names.push(name);
+            }
+        }
+        self.last().shares.push(Some(Share { values, weight }));
+    }
+
+    /// A micro-batch this rank had no rows of.
+    fn push_empty(&mut self) {
+        self.last().shares.push(None);
+    }
+
+    fn push_step(&mut self, step: usize) {
+        self.pending.push(PendingStep { step, lr: 0.0, shares: Vec::new() });
+    }
+
+    fn last(&mut self) -> &mut PendingStep {
+        self.pending.last_mut().expect("push_step first")
+    }
+
+    /// Reads the pending losses back (one transfer), checks them, sums them over the ranks,
+    /// adds them to the running means and writes each step's scalars to `log`.
+    fn flush(&mut self, world: &crate::dist::World, log: &mut Option<RunLog>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let flat: Vec<Tensor> = self
+            .pending
+            .iter()
+            .flat_map(|p| p.shares.iter().flatten())
+            .flat_map(|s| s.values.iter())
+            .map(|t| t.to_dtype(candle_core::DType::F64)?.reshape(1))
+            .collect::<candle_core::Result<_>>()?;
+        let mut values =
+            if flat.is_empty() { Vec::new() } else { crate::ops::read_back::<f64>(&Tensor::cat(&flat, 0)?)? }
+                .into_iter();
+        // Per micro-batch: this rank's share of the loss and of each term (summed over the ranks below).
+        let mut shares: Vec<Vec<f64>> = Vec::new();
+        for p in &self.pending {
+            for share in &p.shares {
+                let Some(share) = share else {
+                    shares.push(Vec::new());
+                    continue;
+                };
+                let v: Vec<f64> = values.by_ref().take(share.values.len()).collect();
+                if !v[0].is_finite() {
+                    bail!("training diverged: loss is {} at optimizer step {}", v[0], p.step);
+                }
+                // The loss of a batch is the mean over its rows: this share weighs its rows' part.
+                shares.push(v.into_iter().map(|x| x * share.weight).collect());
+            }
+        }
+        let mut sums = reduce_losses(world, &shares, &self.term_names)?.into_iter();
+        for p in std::mem::take(&mut self.pending) {
+            for (value, parts) in sums.by_ref().take(p.shares.len()) {
+                let parts: Vec<(&'static str, f64)> = self.term_names.iter().copied().zip(parts).collect();
+                self.running.add(value, &parts);
+            }
+            if let Some(log) = log {
+                log.step(p.step, p.lr, &self.running.means())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Trains `params` on `examples`, saving to `checkpoints`; `resume` continues a saved state.
 /// Every micro-batch of every epoch is used once; a step averages the micro-batches it holds.
 pub fn train(
@@ -301,34 +400,32 @@ pub fn train(
     }
     let lengths: Vec<usize> = examples.iter().map(|e| e.enc.ids.len()).collect();
     let mut order: Option<(usize, Vec<Vec<usize>>)> = None;
-    let mut running = RunningLoss::default();
+    let mut losses = LossWindow::default();
     let (mut window_rows, mut window_start) = (0usize, Instant::now());
     // Rank 0 alone writes the log and the checkpoints.
     let mut log = if world.is_root() { checkpoints.run_log(&state, saved_step.is_some())? } else { None };
-    stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
-    // The names of the loss terms, known once a batch was computed here (rank 0 always has rows).
-    let mut term_names: Vec<&'static str> = Vec::new();
+    stop_if_interrupted(checkpoints, params, &opt, &state, saved_step, (&mut losses, &mut log))?;
     while state.global_step < plan.total_steps {
         let (epoch, step_in_epoch) = plan.locate(state.global_step);
         if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let mut rng = Rng::new(s.seed.wrapping_add(epoch as u64).wrapping_mul(0x9E37_79B9));
             order = Some((epoch, bucketed_batches(&lengths, global_batch, Some(&mut rng))));
             // The logged loss is the mean since the start of the epoch, as in EasyNLP.
-            running = RunningLoss::default();
+            // (The window was flushed at the end of the previous epoch.)
+            losses.running = RunningLoss::default();
         }
         let batches = &order.as_ref().expect("set above").1;
         let group = plan.micro_batches(step_in_epoch);
         let micro_in_step = group.len();
         let mut acc: Option<GradStore> = None;
-        // Per micro-batch: this rank's share of the loss and of each term (summed over the ranks below).
-        let mut shares: Vec<Vec<f64>> = Vec::with_capacity(micro_in_step);
+        losses.push_step(state.global_step + 1);
         for pos in group {
             let global = &batches[pos];
             window_rows += global.len();
             let mine = sync::shard(global, rank, ranks);
             if mine.is_empty() {
                 // A short last batch with fewer rows than ranks: nothing to compute here.
-                shares.push(Vec::new());
+                losses.push_empty();
                 continue;
             }
             let rows: Vec<&Example> = mine.iter().map(|&j| &examples[j]).collect();
@@ -339,22 +436,11 @@ pub fn train(
             let micro = (epoch * plan.batches_per_epoch + pos + 1) as u64;
             let ids: std::sync::Arc<[u64]> = mine.iter().map(|&j| j as u64).collect();
             let ctx = ForwardCtx::train_rows(s.seed ^ micro.wrapping_mul(0xD1B5_4A32_D192_ED03), ids);
-            let Loss { total: loss, parts } = task.loss(params, &batch, &ctx)?;
-            let loss_value = scalar(&loss)?;
-            if !loss_value.is_finite() {
-                bail!("training diverged: loss is {loss_value} at optimizer step {}", opt.steps + 1);
-            }
+            let loss = task.loss(params, &batch, &ctx)?;
             // The loss of a batch is the mean over its rows: this share weighs its rows' part.
             let weight = mine.len() as f64 / global.len() as f64;
-            let mut share = vec![loss_value * weight];
-            for (name, t) in &parts {
-                share.push(scalar(t)? * weight);
-                if !term_names.contains(name) {
-                    term_names.push(name);
-                }
-            }
-            shares.push(share);
-            let loss = if ranks > 1 { (loss * weight)? } else { loss };
+            losses.push(&loss, weight);
+            let loss = if ranks > 1 { (loss.total * weight)? } else { loss.total };
             let grads = loss.backward()?;
             acc = Some(match acc.take() {
                 None => grads,
@@ -364,26 +450,28 @@ pub fn train(
         let mut grads = match acc.take() {
             Some(grads) => grads,
             // Every micro-batch of this step was empty on this rank: zero gradients.
-            None => Tensor::new(0f32, device)?.backward()?,
+            None => crate::ops::upload(vec![0f32], (), device)?.backward()?,
         };
         sync::all_reduce_grads(&mut grads, params, world)?;
-        for (value, parts) in reduce_losses(world, &shares, &term_names)? {
-            let parts: Vec<(&'static str, f64)> = term_names.iter().copied().zip(parts).collect();
-            running.add(value, &parts);
-        }
-        let avg = 1.0 / micro_in_step as f64;
-        let norm = opt.grad_norm(&grads)? * avg;
-        let clip = if s.max_grad_norm > 0.0 && norm > s.max_grad_norm { s.max_grad_norm / (norm + 1e-6) } else { 1.0 };
+        let scale = opt.grad_scale(&grads, 1.0 / micro_in_step as f64, s.max_grad_norm)?;
         let lr = schedule.lr(opt.steps);
-        opt.step(&grads, StepParams { lr, grad_scale: avg * clip })?;
+        opt.step_scaled(&grads, lr, &scale)?;
         drop(grads);
+        losses.last().lr = lr;
         state.global_step = opt.steps;
         (state.epoch, state.next_micro_batch) = plan.cursor(state.global_step);
-        logging::progress(opt.steps, plan.total_steps, &format!("loss {:.4}", running.mean()));
-        if let Some(log) = &mut log {
-            log.step(opt.steps, lr, &running.means())?;
+        let log_now = opt.steps.is_multiple_of(s.logging_steps.max(1));
+        let epoch_end = state.epoch != epoch || state.global_step == plan.total_steps;
+        let evaluate_now = match s.save_checkpoint_steps {
+            Some(n) => opt.steps.is_multiple_of(n),
+            None => epoch_end,
+        };
+        if log_now || epoch_end || evaluate_now {
+            losses.flush(world, &mut log)?;
         }
-        if opt.steps.is_multiple_of(s.logging_steps.max(1)) {
+        // The loss shown is the one of the last read-back.
+        logging::progress(opt.steps, plan.total_steps, &format!("loss {:.4}", losses.running.mean()));
+        if log_now {
             let secs = window_start.elapsed().as_secs_f64();
             let rate = window_rows as f64 / secs.max(1e-9);
             logging::info(format!(
@@ -392,7 +480,7 @@ pub fn train(
                 plan.epochs,
                 opt.steps,
                 plan.total_steps,
-                running.mean(),
+                losses.running.mean(),
             ));
             if let Some(log) = &mut log {
                 log.train_line(TrainRecord {
@@ -400,19 +488,14 @@ pub fn train(
                     epoch: epoch + 1,
                     total_steps: plan.total_steps,
                     lr,
-                    loss: running.mean(),
-                    parts: running.means().into_iter().skip(1).map(|(k, v)| (k.to_string(), v)).collect(),
+                    loss: losses.running.mean(),
+                    parts: losses.running.means().into_iter().skip(1).map(|(k, v)| (k.to_string(), v)).collect(),
                     examples_per_sec: rate,
                     wall_time: now(),
                 })?;
             }
             (window_rows, window_start) = (0, Instant::now());
         }
-        let epoch_end = state.epoch != epoch || state.global_step == plan.total_steps;
-        let evaluate_now = match s.save_checkpoint_steps {
-            Some(n) => opt.steps.is_multiple_of(n),
-            None => epoch_end,
-        };
         if epoch_end && s.save_checkpoint_steps.is_none() {
             logging::info(format!("epoch {} done", epoch + 1));
         }
@@ -432,7 +515,7 @@ pub fn train(
             }
             saved_step = Some(state.global_step);
         }
-        stop_if_interrupted(checkpoints, params, &opt, &state, saved_step)?;
+        stop_if_interrupted(checkpoints, params, &opt, &state, saved_step, (&mut losses, &mut log))?;
     }
     if state.last_eval_step != Some(state.global_step) {
         let epoch = plan.locate(state.global_step.max(1) - 1).0 + 1;
@@ -479,25 +562,21 @@ pub fn check_world_size(saved: usize, now: usize) -> Result<()> {
     Ok(())
 }
 
-/// A loss as an `f64`.
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
-}
-
 /// Makes the log durable along with a save point.
 fn sync_log(log: &Option<RunLog>) -> Result<()> {
     log.as_ref().map_or(Ok(()), RunLog::sync)
 }
 
-/// After a signal (on any rank: the ranks stop at the same step): saves the latest state
-/// (unless saved at this step already; rank 0), says how to resume, and returns the
-/// interruption.
+/// After a signal (on any rank: the ranks stop at the same step): logs the pending losses,
+/// saves the latest state (unless saved at this step already; rank 0), says how to resume, and
+/// returns the interruption.
 fn stop_if_interrupted(
     checkpoints: &dyn Checkpoints,
     params: &Params,
     opt: &Optimizer,
     state: &TrainState,
     saved_step: Option<usize>,
+    (losses, log): (&mut LossWindow, &mut Option<RunLog>),
 ) -> Result<()> {
     let world = crate::dist::world();
     let mine = crate::interrupt::check().err();
@@ -515,6 +594,7 @@ fn stop_if_interrupted(
             }
         }
     };
+    losses.flush(world, log)?;
     if state.global_step == 0 {
         logging::warn(format!("{interrupted} before the first optimizer step: nothing to save"));
         return Err(interrupted.into());

@@ -4,6 +4,7 @@
 //! [`SERIAL`].)
 
 mod common;
+mod precision_cases;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
@@ -30,6 +31,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// gradient of the tensor (measured on minilm-l3: 5.8e-6 for the gradients, 6.9e-6 for the
 /// weights after three AdamW steps).
 const GRAD_TOL: f64 = 1e-5;
+
+/// Largest dev-accuracy difference between `--use_amp` (bf16 autocast) and f32 on the portable
+/// path after the same short training run.
+const AMP_ACCURACY_TOL: f64 = 0.05;
 
 /// Gradients of `sum(logits * r)` through the training forward (dropout on) of minilm-l3 with
 /// a fresh head; with the parameters and the gradient store, for the optimizer check.
@@ -151,6 +156,24 @@ fn portable_training_reaches_the_fused_runs_model_and_accuracy() {
     assert!(log.contains("EASYNLP_KERNELS=portable"), "{log}");
     let metric = |l: &str| l.split("accuracy ").nth(1).unwrap().split(',').next().unwrap().to_string();
     assert_eq!(metric(&acc_fused), metric(&acc_portable));
+    // `--use_amp` on the portable path: bf16 autocast, a model about as good.
+    let ckpt = work.path().join("amp");
+    let mut args = sentiment_train_args(&model, &ckpt);
+    args.extend(["--learning_rate=5e-5".to_string(), "--use_amp".to_string()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_easynlp"))
+        .args(&args)
+        .env("EASYNLP_KERNELS", "portable")
+        .output()
+        .unwrap();
+    let amp_log = stderr(&out);
+    assert!(out.status.success(), "{amp_log}");
+    assert!(amp_log.contains("Precision bf16: kernel path bf16 autocast"), "{amp_log}");
+    let acc_amp = amp_log.lines().rfind(|l| l.contains("Evaluation at global step")).unwrap().to_string();
+    let (a32, a16): (f64, f64) = (metric(&acc_portable).parse().unwrap(), metric(&acc_amp).parse().unwrap());
+    eprintln!("dev accuracy: f32 portable {a32}, bf16 autocast portable {a16}");
+    assert!((a32 - a16).abs() <= AMP_ACCURACY_TOL, "bf16 autocast dev accuracy {a16} vs f32 {a32}");
+    let amp = candle_core::safetensors::load(ckpt.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(amp.values().all(|t| t.dtype() == candle_core::DType::F32), "f32 master weights");
     let load = |d: &Path| candle_core::safetensors::load(d.join("model.safetensors"), &Device::Cpu).unwrap();
     let (a, b) = (load(&fused), load(&portable));
     for (name, t) in &a {
@@ -311,4 +334,20 @@ fn uncounted_transfer(line: &str) -> Option<&'static str> {
         "clone_htod",
     ];
     CALLS.into_iter().find(|c| line.contains(c))
+}
+
+/// bf16 autocast on the portable path (what `--use_amp` runs on a GPU): minilm-l6's gradients
+/// within the bounds of the CPU's bf16 kernels (`tests/precision.rs`: relative error <= 0.06,
+/// cosine >= 0.998 per tensor), and not equal to f32's (the bf16 products ran).
+#[test]
+fn portable_bf16_autocast_gradients_match_f32() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    set_kernels(Kernels::Portable);
+    let outcome = std::panic::catch_unwind(|| {
+        precision_cases::bf16_gradients_match_f32("portable_bf16_autocast_gradients_match_f32")
+    });
+    set_kernels(Kernels::Fused);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e);
+    }
 }

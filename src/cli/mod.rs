@@ -129,14 +129,16 @@ fn run_text(cfg: &RunConfig) -> Result<()> {
     gpu_collectives(cfg.args.distributed_backend.as_deref(), &device)?;
     crate::ops::precision::set_global(cfg.precision);
     if cfg.precision != crate::ops::Precision::F32 {
-        if !device.is_cpu() {
-            bail!("--precision={}: lower precisions run on the CPU only (drop --worker_gpu)", cfg.precision.name());
-        }
-        crate::logging::info(format!(
-            "Precision {}: kernel path {}",
-            cfg.precision.name(),
-            cfg.precision.kernel_path()
-        ));
+        // Off the fused CPU kernels (a GPU, or EASYNLP_KERNELS=portable) bf16 is autocast.
+        let off_fused = !device.is_cpu() || crate::ops::kernels() == crate::ops::Kernels::Portable;
+        let path = match cfg.precision {
+            crate::ops::Precision::Bf16 if off_fused => crate::ops::precision::AUTOCAST_PATH,
+            _ if !device.is_cpu() => {
+                bail!("--precision={}: int8 runs on the CPU only (drop --worker_gpu)", cfg.precision.name())
+            }
+            p => p.kernel_path(),
+        };
+        crate::logging::info(format!("Precision {}: kernel path {path}", cfg.precision.name()));
     }
     match (cfg.args.mode, &cfg.meta_teacher, &cfg.meta_student) {
         (Mode::Train, Some(meta), _) => metakd::teacher::run_train(cfg, meta, &device),

@@ -106,6 +106,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::linear(x, &self.w, &self.b)
     }
+
+    /// [`Linear::forward`] with its product in `precision` ([`ops::linear_in`]).
+    pub fn forward_in(&self, x: &Tensor, precision: Precision) -> Result<Tensor> {
+        ops::linear_in(x, &self.w, &self.b, precision)
+    }
 }
 
 struct LayerNorm {
@@ -332,7 +337,9 @@ impl Bert {
             let out = ops::encoder_layer(x, mask_bias, &flat, heads, self.cfg.intermediate_size, eps, dropout, &prec)?;
             return Ok((out, None));
         }
-        let qkv = ops::linear(x, &layer.qkv_w, &layer.qkv_b)?;
+        // Off the fused CPU path, `--precision=bf16` is autocast: the products in bf16.
+        let prec = self.precision;
+        let qkv = ops::linear_in(x, &layer.qkv_w, &layer.qkv_b, prec)?;
         let (context, probs) = if !keep_probs && ops::attention::supported(&qkv) {
             let dropout = ctx.dropout_site(p_attn);
             (ops::fused_attention(&qkv, mask_bias, heads, dropout)?, None)
@@ -341,15 +348,15 @@ impl Bert {
             let qkv = qkv.reshape((b, l, 3, heads, dh))?;
             let split = |i: usize| -> Result<Tensor> { qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous() };
             let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-            let scores = q.matmul(&k.t()?)?;
+            let scores = ops::matmul_in(&q, &k.t()?, prec)?;
             let probs = ops::attention_softmax(&scores, mask_bias, 1.0 / (dh as f64).sqrt())?;
             let dropped = ctx.dropout(&probs, p_attn)?;
-            (dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?, Some(probs))
+            (ops::matmul_in(&dropped, &v, prec)?.transpose(1, 2)?.reshape((b, l, h))?, Some(probs))
         };
-        let attn = ctx.dropout(&layer.attn_out.forward(&context)?, self.cfg.hidden_dropout_prob)?;
+        let attn = ctx.dropout(&layer.attn_out.forward_in(&context, prec)?, self.cfg.hidden_dropout_prob)?;
         let attn = layer.attn_norm.forward(&attn.add(x)?)?;
-        let inter = ops::gelu_erf(&layer.inter.forward(&attn)?)?;
-        let out = ctx.dropout(&layer.out.forward(&inter)?, self.cfg.hidden_dropout_prob)?;
+        let inter = ops::gelu_erf(&layer.inter.forward_in(&attn, prec)?)?;
+        let out = ctx.dropout(&layer.out.forward_in(&inter, prec)?, self.cfg.hidden_dropout_prob)?;
         let out = layer.out_norm.forward(&out.add(&attn)?)?;
         Ok((out, probs))
     }

@@ -23,6 +23,44 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, Linear)
 }
 
+/// Whether the products of `tensors` in `precision` run as bf16 autocast: bf16 off the fused
+/// CPU path (on a GPU, or with `EASYNLP_KERNELS=portable`); the fused path has its own bf16
+/// kernels (`super::bf16`, through the layer op).
+pub fn autocast(precision: super::Precision, tensors: &[&Tensor]) -> bool {
+    precision == super::Precision::Bf16 && !util::use_fused(tensors)
+}
+
+/// [`linear`] in `precision`: under bf16 [`autocast`], `x` and `W` rounded to bf16 (nearest
+/// even), candle's bf16 matmul (cuBLAS bf16 GEMM on a GPU, f32 accumulation), the product back
+/// in f32 plus the f32 bias; the weights stay f32 (the master copy) and so do their gradients.
+pub fn linear_in(x: &Tensor, w: &Tensor, b: &Tensor, precision: super::Precision) -> Result<Tensor> {
+    if !autocast(precision, &[x, w, b]) {
+        return linear(x, w, b);
+    }
+    let (out, inp) = w.dims2()?;
+    if x.dim(candle_core::D::Minus1)? != inp || b.dims() != [out] {
+        bail!("linear: x {:?}, w {:?}, b {:?} do not fit", x.dims(), w.dims(), b.dims());
+    }
+    let dims = x.dims().to_vec();
+    let rows = x.elem_count() / inp;
+    let bf = candle_core::DType::BF16;
+    let y = x.reshape((rows, inp))?.to_dtype(bf)?.matmul(&w.to_dtype(bf)?.t()?)?;
+    let y = y.to_dtype(x.dtype())?.broadcast_add(b)?;
+    let mut out_dims = dims;
+    *out_dims.last_mut().expect("rank >= 1") = out;
+    y.reshape(out_dims)
+}
+
+/// `a.matmul(b)` in `precision`: under bf16 [`autocast`] with bf16 inputs and the product back in
+/// `a`'s dtype.
+pub fn matmul_in(a: &Tensor, b: &Tensor, precision: super::Precision) -> Result<Tensor> {
+    if !autocast(precision, &[a, b]) {
+        return a.matmul(b);
+    }
+    let bf = candle_core::DType::BF16;
+    a.to_dtype(bf)?.matmul(&b.to_dtype(bf)?)?.to_dtype(a.dtype())
+}
+
 /// The unfused version built from candle ops.
 pub fn reference(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();

@@ -38,6 +38,6 @@ pub use first_position::encoder_layer_first_position;
 pub use gelu::gelu_erf;
 pub use kernels::{kernels, read_back, set_kernels, transfers, upload, Kernels, Transfers};
 pub use layer_norm::layer_norm;
-pub use linear::linear;
+pub use linear::{linear, linear_in, matmul_in};
 pub use precision::Precision;
 pub use softmax::attention_softmax;

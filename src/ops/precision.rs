@@ -11,6 +11,11 @@
 //!   else `vpmaddwd` with AVX2, else the same integer arithmetic in portable code.
 //!
 //! `EASYNLP_CPU_FEATURES=portable` forces the portable paths (for tests, or to compare).
+//!
+//! Off the fused CPU kernels (on a GPU, or with `EASYNLP_KERNELS=portable`) `bf16` is autocast
+//! ([`AUTOCAST_PATH`], `super::linear::linear_in`): the encoder's dense-layer and attention
+//! products take bf16 inputs through candle's bf16 matmul (cuBLAS bf16 GEMMs on a GPU); the
+//! master weights, LayerNorm, softmax and the losses stay f32.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -65,6 +70,10 @@ impl Precision {
         }
     }
 }
+
+/// The kernel path of bf16 off the fused CPU kernels, for the log.
+pub const AUTOCAST_PATH: &str =
+    "bf16 autocast (candle bf16 matmuls, cuBLAS on a GPU; f32 master weights, LayerNorm, softmax and losses)";
 
 /// The process-wide precision that models pick up when they are loaded (set once by the CLI).
 static GLOBAL: AtomicU8 = AtomicU8::new(0);

@@ -72,10 +72,7 @@ fn load(model: &str) -> (BertConfig, Params, PathBuf) {
     let device = Device::Cpu;
     let cfg = BertConfig::load(&dir).unwrap();
     let (weights, _) = read_weights(&dir, &device).unwrap();
-    let mut params = Params::default();
-    for (k, t) in &weights {
-        params.insert(k, t).unwrap();
-    }
+    let mut params = Params::from_tensors(&weights).unwrap();
     init_head(&mut params, &cfg, 2, &mut Rng::new(7), &device).unwrap();
     (cfg, params, dir)
 }

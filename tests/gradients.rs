@@ -53,10 +53,7 @@ impl Fixture {
         let cfg = BertConfig::load(&dir).unwrap();
         assert_eq!((cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob), (dropout, dropout));
         let (weights, _) = read_weights(&dir, &dev).unwrap();
-        let mut params = Params::default();
-        for (k, t) in &weights {
-            params.insert(k, t).unwrap();
-        }
+        let mut params = Params::from_tensors(&weights).unwrap();
         init_head(&mut params, &cfg, 3, &mut Rng::new(5), &dev).unwrap();
         let ex = |ids: Vec<u32>, sep: usize| Example {
             enc: Encoded { type_ids: (0..ids.len()).map(|i| u32::from(i > sep)).collect(), ids },
@@ -210,10 +207,7 @@ fn head_init_and_dropout() {
     let dev = Device::Cpu;
     let cfg = BertConfig::load(&dir).unwrap();
     let (weights, _) = read_weights(&dir, &dev).unwrap();
-    let mut params = Params::default();
-    for (k, t) in &weights {
-        params.insert(k, t).unwrap();
-    }
+    let mut params = Params::from_tensors(&weights).unwrap();
     let created = init_head(&mut params, &cfg, 3, &mut Rng::new(1), &dev).unwrap();
     assert_eq!(created.len(), 4, "pooler and classifier are created for a model without them");
     let model = Classifier::load(&cfg, &|n| params.trainable(n)).unwrap();
@@ -248,10 +242,7 @@ fn fused_layer_matches_the_op_by_op_path() {
     let cfg = BertConfig::load(&dir).unwrap();
     assert!(cfg.hidden_dropout_prob > 0.0 && cfg.attention_probs_dropout_prob > 0.0);
     let (weights, _) = read_weights(&dir, &dev).unwrap();
-    let mut params = Params::default();
-    for (k, t) in &weights {
-        params.insert(k, t).unwrap();
-    }
+    let mut params = Params::from_tensors(&weights).unwrap();
     init_head(&mut params, &cfg, 2, &mut Rng::new(1), &dev).unwrap();
     let model = Classifier::load(&cfg, &|n| params.trainable(n)).unwrap();
     let ex = |ids: Vec<u32>, label: u32| Example {

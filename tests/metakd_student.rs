@@ -30,10 +30,7 @@ fn tiny_params(dir: &Path, layers: usize, student: bool) -> (BertConfig, Params)
     let domains: Vec<String> = DOMAINS.iter().map(|s| s.to_string()).collect();
     let cfg = meta_config(&BertConfig::load(&model).unwrap(), &domains);
     let (weights, _) = read_weights(&model, &Device::Cpu).unwrap();
-    let mut params = Params::default();
-    for (n, t) in &weights {
-        params.insert(n, t).unwrap();
-    }
+    let mut params = Params::from_tensors(&weights).unwrap();
     let mut rng = Rng::new(layers as u64);
     init_head(&mut params, &cfg, 2, &mut rng, &Device::Cpu).unwrap();
     add_meta_params(&mut params, &model, &cfg, 4, &mut rng, &Device::Cpu).unwrap();

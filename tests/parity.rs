@@ -59,10 +59,7 @@ fn check_encoder(name: &str, with_pooler: bool) {
     let model_dir = shared.join(format!("models/{name}"));
     let cfg = BertConfig::load(&model_dir).unwrap();
     let (weights, _) = read_weights(&model_dir, &dev).unwrap();
-    let mut params = Params::default();
-    for (k, t) in &weights {
-        params.insert(k, t).unwrap();
-    }
+    let params = Params::from_tensors(&weights).unwrap();
     let bert = Bert::load(&cfg, &|n| params.frozen(n), with_pooler).unwrap();
     let reference =
         candle_core::safetensors::load(shared.join(format!("reference/torch/{name}-encoder.safetensors")), &dev)

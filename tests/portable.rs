@@ -43,10 +43,7 @@ fn gradients(model: &Path, kernels: Kernels) -> (Vec<(String, Vec<f32>)>, Params
     let dev = Device::Cpu;
     let cfg = BertConfig::load(model).unwrap();
     let (weights, _) = read_weights(model, &dev).unwrap();
-    let mut params = Params::default();
-    for (k, t) in &weights {
-        params.insert(k, t).unwrap();
-    }
+    let mut params = Params::from_tensors(&weights).unwrap();
     init_head(&mut params, &cfg, 3, &mut Rng::new(5), &dev).unwrap();
     let tokenizer = BertTokenizer::load(model, 48, false).unwrap();
     let rows = [
@@ -236,10 +233,7 @@ fn a_portable_training_step_uploads_its_batch_only_and_reads_back_only_to_log() 
     let dev = Device::Cpu;
     let cfg = BertConfig::load(&model).unwrap();
     let (weights, _) = read_weights(&model, &dev).unwrap();
-    let mut params = Params::default();
-    for (k, t) in &weights {
-        params.insert(k, t).unwrap();
-    }
+    let mut params = Params::from_tensors(&weights).unwrap();
     init_head(&mut params, &cfg, 2, &mut Rng::new(5), &dev).unwrap();
     let tokenizer = BertTokenizer::load(&model, 24, false).unwrap();
     let texts = ["a gripping film", "terrible", "one of the best performances of the year", "i walked out"];

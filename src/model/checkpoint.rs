@@ -103,10 +103,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<Checkpoint> {
     }
     let (labels, source) = read_labels(dir, &config)?;
     check_shapes(dir, &config, &weights, labels.len(), &source)?;
-    let mut params = Params::default();
-    for (name, t) in &weights {
-        params.insert(name, t)?;
-    }
+    let params = Params::from_tensors(&weights)?;
     Ok(Checkpoint { config, params, labels, dir: dir.to_path_buf() })
 }
 

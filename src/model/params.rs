@@ -15,6 +15,15 @@ pub struct Params {
 }
 
 impl Params {
+    /// Parameters from named tensors (e.g. the weights [`read_weights`] returns), each copied as f32.
+    pub fn from_tensors<'a>(tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<Params> {
+        let mut params = Params::default();
+        for (name, t) in tensors {
+            params.insert(name, t)?;
+        }
+        Ok(params)
+    }
+
     /// Adds (or replaces) a parameter, copied into its own storage as f32.
     pub fn insert(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
         let var = Var::from_tensor(&tensor.to_dtype(DType::F32)?.contiguous()?)?;

@@ -80,14 +80,25 @@ fn reduce_bucket_on_host(vars: &[&Var], present: &[f32], n: usize, grads: &mut G
         }
     }
     world.all_reduce_sum_f32(&mut bucket);
+    split_back(vars, present, grads, |t, offset, count| {
+        crate::ops::upload(bucket[offset..offset + count].to_vec(), t.shape(), t.device())
+    })
+}
+
+/// Puts the summed bucket back as the gradients of `vars` (those any rank had): `part(t, offset,
+/// count)` is the bucket's `count` elements from `offset` in `t`'s shape; converted to `t`'s dtype.
+fn split_back(
+    vars: &[&Var],
+    present: &[f32],
+    grads: &mut GradStore,
+    part: impl Fn(&Tensor, usize, usize) -> candle_core::Result<Tensor>,
+) -> Result<()> {
     let mut offset = 0;
     for (v, &had) in vars.iter().zip(present) {
         let count = v.elem_count();
         if had > 0.0 {
             let t = v.as_tensor();
-            let g = crate::ops::upload(bucket[offset..offset + count].to_vec(), t.shape(), t.device())?
-                .to_dtype(t.dtype())?;
-            grads.insert(t, g);
+            grads.insert(t, part(t, offset, count)?.to_dtype(t.dtype())?);
         }
         offset += count;
     }
@@ -106,16 +117,7 @@ fn reduce_bucket_on_gpus(vars: &[&Var], present: &[f32], grads: &mut GradStore) 
         })
         .collect::<Result<Vec<_>>>()?;
     let summed = crate::dist::nccl::all_reduce_sum(&Tensor::cat(&parts, 0)?)?;
-    let mut offset = 0;
-    for (v, &had) in vars.iter().zip(present) {
-        let count = v.elem_count();
-        if had > 0.0 {
-            let t = v.as_tensor();
-            grads.insert(t, summed.narrow(0, offset, count)?.reshape(t.shape())?.to_dtype(t.dtype())?);
-        }
-        offset += count;
-    }
-    Ok(())
+    split_back(vars, present, grads, |t, offset, count| summed.narrow(0, offset, count)?.reshape(t.shape()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `--precision` / `--use_amp`: the bf16 and int8 kernels against f64 references with stated
 //! bounds, the encoder in bf16 and int8 against f32 on the shared MiniLM models, and the flags.
-//! This binary uses the CPU's kernel path (AVX512-BF16 / AVX512-VNNI where present); the portable
-//! path is checked by `tests/precision_portable.rs`, which forces it.
+//! This binary uses the CPU's kernel path (AMX tiles, else AVX512-BF16 / AVX512-VNNI, where
+//! present); the AVX-512 path on an AMX CPU is checked by `tests/precision_no_amx.rs`, the
+//! portable path by `tests/precision_portable.rs`, which force them.
 
 mod common;
 mod precision_cases;
@@ -46,7 +47,15 @@ fn the_log_names_the_kernel_path() {
     let out = common::easynlp_owned(&args);
     let err = common::stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("Precision bf16: kernel path bf16 "), "{err}");
+    let path = easynlp::ops::Precision::Bf16.kernel_path();
+    assert!(err.contains(&format!("Precision bf16: kernel path {path}")), "{err}");
+    // Where the CPU has AMX (and nothing turned it off), the tiles are used.
+    let amx =
+        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_bf16") && c.contains(" amx_tile"));
+    if amx && std::env::var_os("EASYNLP_CPU_FEATURES").is_none() {
+        assert_eq!(path, "bf16 AMX (tdpbf16ps)");
+        assert_eq!(easynlp::ops::Precision::Int8.kernel_path(), "int8 AMX (tdpbusd)");
+    }
     // Checkpoints stay f32.
     let weights = candle_core::safetensors::load(ckpt.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert!(weights.values().all(|t| t.dtype() == candle_core::DType::F32));

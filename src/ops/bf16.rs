@@ -11,6 +11,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::amx::{self, Product, Tiles, BLOCK, STEP};
 use super::util;
 
 /// Rows of the register tile.
@@ -21,6 +22,8 @@ pub(crate) const NR: usize = 64;
 const KCP: usize = 128;
 /// Rows of `C` per parallel task.
 const MB: usize = 16 * MR;
+/// Rows of `C` per parallel task on AMX.
+const MB_AMX: usize = 2 * BLOCK;
 
 /// f32 to bf16 bits, rounded to nearest even; NaN stays a (quiet) NaN.
 #[inline(always)]
@@ -146,6 +149,9 @@ enum ARepr {
     /// `m` rounded up to [`MR`] rows of `k / 2` (rounded up) bf16 pairs: pair `(i, p)` at
     /// `data[i * rs + p * cs]`, zero past `m` and `k`.
     Pairs { data: Vec<u32>, rs: usize, cs: usize },
+    /// For AMX: `m` rounded up to [`BLOCK`] rows of `kw` pairs (`k / 2` rounded up to [`STEP`]),
+    /// pair `(i, p)` at `data[i * kw + p]`, zero past `m` and `k`.
+    Tiles { data: Vec<u32>, kw: usize },
     /// Row-major `m x k` values rounded to bf16 (the portable path).
     Rounded(Vec<f32>),
 }
@@ -157,6 +163,9 @@ impl PackedA {
         let (m, k) = a.dims;
         if !super::precision::has_bf16() {
             return PackedA { m, k, repr: ARepr::Rounded(a.rounded()) };
+        }
+        if amx::available() {
+            return PackedA { m, k, repr: Self::tiles(a) };
         }
         let (kp, mp) = (k.div_ceil(2), m.next_multiple_of(MR));
         let mut data = vec![0u32; mp * kp];
@@ -185,6 +194,44 @@ impl PackedA {
         });
         PackedA { m, k, repr: ARepr::Pairs { data, rs: kp, cs: 1 } }
     }
+
+    /// The AMX packing of `a`: whole tiles of row-major pairs.
+    fn tiles(a: View) -> ARepr {
+        let (m, k) = a.dims;
+        let kp = k.div_ceil(2);
+        let kw = kp.next_multiple_of(STEP);
+        let mut data = vec![0u32; m.next_multiple_of(BLOCK) * kw];
+        if a.strides.0 == 1 && a.strides.1 != 1 {
+            // Columns contiguous (a transposed row-major matrix): 16 rows at a time, each pair
+            // column from two source rows.
+            let cs = a.strides.1;
+            let zeros = [0f32; 16];
+            data.par_chunks_mut(16 * kw).take(m.div_ceil(16)).enumerate().for_each(|(blk, out)| {
+                let (i0, rows) = (16 * blk, 16.min(m - 16 * blk));
+                let mut pairs = [0u32; 16];
+                for p in 0..kp {
+                    let lo = &a.data[2 * p * cs + i0..][..rows];
+                    let hi = if 2 * p + 1 < k { &a.data[(2 * p + 1) * cs + i0..][..rows] } else { &zeros[..rows] };
+                    pairs_of_two_rows(&mut pairs[..rows], lo, hi);
+                    for (r, &w) in pairs[..rows].iter().enumerate() {
+                        out[r * kw + p] = w;
+                    }
+                }
+            });
+        } else {
+            data.par_chunks_mut(kw).take(m).with_min_len(16).enumerate().for_each(|(i, out)| {
+                if a.strides.1 == 1 {
+                    pairs_of_row(&mut out[..kp], &a.data[i * a.strides.0..][..k]);
+                } else {
+                    for (p, o) in out[..kp].iter_mut().enumerate() {
+                        let hi = if 2 * p + 1 < k { a.at(i, 2 * p + 1) } else { 0.0 };
+                        *o = pair(a.at(i, 2 * p), hi);
+                    }
+                }
+            });
+        }
+        ARepr::Tiles { data, kw }
+    }
 }
 
 /// The right operand, packed for [`gemm`].
@@ -195,9 +242,10 @@ pub struct PackedB {
 }
 
 enum BRepr {
-    /// Panels of [`NR`] columns: pair `p` of column `q * NR + j` at `data[(q * kp + p) * NR + j]`,
-    /// zero past `n` and `k`.
-    Panels(Vec<u32>),
+    /// Panels of [`NR`] columns, `kw` pair rows each: pair `p` of column `q * NR + j` at
+    /// `data[(q * kw + p) * NR + j]`, zero past `n` and `k`; `kw` is `k / 2` rounded up, and for
+    /// AMX further up to [`STEP`].
+    Panels { data: Vec<u32>, kw: usize },
     /// Row-major `k x n` values rounded to bf16 (the portable path).
     Rounded(Vec<f32>),
 }
@@ -211,14 +259,15 @@ impl PackedB {
             return PackedB { k, n, repr: BRepr::Rounded(b.rounded()) };
         }
         let kp = k.div_ceil(2);
+        let kw = if amx::available() { kp.next_multiple_of(STEP) } else { kp };
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * kp * NR];
-        data.par_chunks_mut((kp * NR).max(1)).enumerate().for_each(|(q, panel)| {
+        let mut data = vec![0u32; panels * kw * NR];
+        data.par_chunks_mut((kw * NR).max(1)).enumerate().for_each(|(q, panel)| {
             let (j0, width) = (q * NR, NR.min(n - q * NR));
             if b.strides.1 == 1 {
                 // Rows contiguous: each pair row from two source rows.
                 let zeros = vec![0f32; width];
-                for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
+                for (p, out) in panel.chunks_exact_mut(NR).enumerate().take(kp) {
                     let lo = &b.data[2 * p * b.strides.0 + j0..][..width];
                     let hi =
                         if 2 * p + 1 < k { &b.data[(2 * p + 1) * b.strides.0 + j0..][..width] } else { &zeros[..] };
@@ -242,7 +291,7 @@ impl PackedB {
                 }
             }
         });
-        PackedB { k, n, repr: BRepr::Panels(data) }
+        PackedB { k, n, repr: BRepr::Panels { data, kw } }
     }
 
     /// Packs `W^T` for a row-major `W` (`out x inp`): the weight operand of `x W^T`.
@@ -299,8 +348,8 @@ pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, accumulate: boo
             };
         }
         #[cfg(target_arch = "x86_64")]
-        (ARepr::Pairs { data, rs, cs }, BRepr::Panels(panels)) => {
-            let kp = k.div_ceil(2);
+        (ARepr::Pairs { data, rs, cs }, BRepr::Panels { data: panels, kw }) => {
+            let kp = *kw;
             c.par_chunks_mut(MB * ldc).enumerate().for_each(|(blk, c_rows)| {
                 let i0 = blk * MB;
                 let rows = MB.min(m - i0);
@@ -333,6 +382,46 @@ pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, accumulate: boo
                                     load_c,
                                 )
                             };
+                        }
+                    }
+                }
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
+        (ARepr::Tiles { data, kw }, BRepr::Panels { data: panels, kw: kwb }) => {
+            assert_eq!(kw, kwb, "bf16::gemm: A and B padded differently");
+            c.par_chunks_mut(MB_AMX * ldc).enumerate().for_each(|(blk, c_rows)| {
+                let i0 = blk * MB_AMX;
+                let rows = MB_AMX.min(m - i0);
+                // SAFETY: `amx::available` held when the operands were packed (only then are
+                // they `Tiles`).
+                let mut tiles = unsafe { Tiles::configure() };
+                let mut sums = [0u32; BLOCK * BLOCK];
+                for j0 in (0..n).step_by(BLOCK) {
+                    let (q, h) = (j0 / NR, j0 % NR);
+                    let cols = BLOCK.min(n - j0);
+                    for g in (0..rows).step_by(BLOCK) {
+                        // SAFETY: A holds its rows rounded up to BLOCK, `kw` words each, so rows
+                        // `i0 + g..+BLOCK` are inside; panel `q` holds `kw` rows of NR words and
+                        // columns `h..h + BLOCK` lie inside it (NR is a multiple of BLOCK).
+                        // `store_block` writes rows `g..g + min(BLOCK, rows - g)` and columns
+                        // `j0..j0 + cols` of this task's rows of `c`, which it holds.
+                        unsafe {
+                            tiles.block(
+                                Product::Bf16,
+                                *kw,
+                                (data.as_ptr().add((i0 + g) * kw), *kw),
+                                (panels.as_ptr().add(q * kw * NR + h), NR),
+                                &mut sums,
+                            );
+                            store_block(
+                                &sums,
+                                c_rows.as_mut_ptr().add(g * ldc + j0),
+                                ldc,
+                                (BLOCK.min(rows - g), cols),
+                                alpha,
+                                accumulate,
+                            );
                         }
                     }
                 }
@@ -453,6 +542,44 @@ unsafe fn tile(
             unsafe {
                 let dst = c.add(r * ldc + v * 16);
                 let val = _mm512_mul_ps(acc, alpha);
+                let val = if load_c { _mm512_add_ps(val, _mm512_maskz_loadu_ps(m, dst)) } else { val };
+                _mm512_mask_storeu_ps(dst, m, val);
+            }
+        }
+    }
+}
+
+/// `c[r, j] = (load_c ? c[r, j] : 0) + alpha * sums[r * BLOCK + j]` for `r < rows`, `j < cols`
+/// (`sums` holds f32 bits).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `c` must be valid for reads and writes of `c[r * ldc + j]`
+/// (`r < rows <= BLOCK`, `j < cols <= BLOCK`), not accessed by another thread during the call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_block(
+    sums: &[u32; BLOCK * BLOCK],
+    c: *mut f32,
+    ldc: usize,
+    (rows, cols): (usize, usize),
+    alpha: f32,
+    load_c: bool,
+) {
+    use std::arch::x86_64::*;
+    let alpha = _mm512_set1_ps(alpha);
+    for r in 0..rows {
+        for v in 0..BLOCK / 16 {
+            let left = cols.saturating_sub(v * 16);
+            if left == 0 {
+                break;
+            }
+            let m: __mmask16 = if left >= 16 { 0xffff } else { ((1u32 << left) - 1) as u16 };
+            // SAFETY: `sums` holds BLOCK x BLOCK words, read at row `r` columns `v * 16..+16`;
+            // `c[r * ldc + v * 16 + lane]` is read and written only for the lanes in `m`, i.e.
+            // columns `< cols`, with `r < rows`.
+            unsafe {
+                let val = _mm512_mul_ps(_mm512_loadu_ps(sums.as_ptr().add(r * BLOCK + v * 16).cast()), alpha);
+                let dst = c.add(r * ldc + v * 16);
                 let val = if load_c { _mm512_add_ps(val, _mm512_maskz_loadu_ps(m, dst)) } else { val };
                 _mm512_mask_storeu_ps(dst, m, val);
             }

@@ -13,10 +13,12 @@
 //! ([`super::precision::has_avx2_int`]) on `vpmaddwd` (both widened to s16, two per 32-bit lane,
 //! no saturation possible) in a 6 x 16 tile; otherwise in portable code. The sums are exact
 //! integers on every path, so all give the same values up to the f32 rounding of the
-//! dequantization.
+//! dequantization. With AMX ([`super::amx`]) the VNNI packing, padded to whole tiles (rows to
+//! 32, `k` to 64 values), feeds `tdpbusd` in blocks of 32 x 32.
 
 use rayon::prelude::*;
 
+use super::amx::{self, Product, Tiles, BLOCK, STEP};
 use super::util;
 
 /// Rows of the register tile.
@@ -47,6 +49,9 @@ enum WRepr {
     /// Panels of [`NR`] channels: the four s8 of `qw[q * NR + j, 4p..4p + 4]` in word
     /// `(q * kq + p) * NR + j`, zero past `n` and `k`.
     Panels(Vec<u32>),
+    /// For AMX: panels of [`NR`] channels as in `Panels`, `kw` words high (`kq` rounded up to
+    /// [`STEP`]).
+    Tiles { data: Vec<u32>, kw: usize },
     /// Panels of [`NR2`] channels for `vpmaddwd`: `qw[q * NR2 + j, 2p..2p + 2]` as two s16 in
     /// word `(q * kp + p) * NR2 + j` (`kp = 2 kq`), zero past `n` and `k`.
     Pairs(Vec<u32>),
@@ -75,9 +80,10 @@ impl QuantW {
             },
         );
         let repr = if super::precision::has_vnni() {
+            let kw = if amx::available() { kq.next_multiple_of(STEP) } else { kq };
             let panels = n.div_ceil(NR);
-            let mut data = vec![0u32; panels * kq * NR];
-            data.par_chunks_mut((kq * NR).max(1)).enumerate().for_each(|(q, panel)| {
+            let mut data = vec![0u32; panels * kw * NR];
+            data.par_chunks_mut((kw * NR).max(1)).enumerate().for_each(|(q, panel)| {
                 for j in 0..NR.min(n - q * NR) {
                     let row = &rows[(q * NR + j) * kq * 4..][..kq * 4];
                     for (p, b) in row.chunks_exact(4).enumerate() {
@@ -85,7 +91,11 @@ impl QuantW {
                     }
                 }
             });
-            WRepr::Panels(data)
+            if amx::available() {
+                WRepr::Tiles { data, kw }
+            } else {
+                WRepr::Panels(data)
+            }
         } else if super::precision::has_avx2_int() {
             let kp = 2 * kq;
             let mut data = vec![0u32; n.div_ceil(NR2) * kp * NR2];
@@ -117,8 +127,9 @@ impl QuantW {
 }
 
 /// Activations `x` (`m x k`) quantized per row to u8 with a zero point, stored as the kernel of
-/// the weights reads them: rows rounded up to [`MR`], each `4 kq` values, zero past `k` (and in
-/// the padding rows); bytes, or u16 for the `vpmaddwd` kernel.
+/// the weights reads them: rows rounded up to a multiple (of [`MR`], or [`BLOCK`] for AMX), each
+/// `4 kw` values (`kw >= k / 4`), zero past `k` (and in the padding rows); bytes, or u16 for the
+/// `vpmaddwd` kernel.
 struct QuantX<T: Quantum> {
     data: Vec<T>,
     scale: Vec<f32>,
@@ -129,12 +140,16 @@ impl<T: Quantum> QuantX<T> {
     /// Quantizes `x`; where `keep` is given, the columns whose `keep` is 0 are quantized as 0
     /// and left out of the rows' ranges.
     fn new(x: &[f32], m: usize, k: usize, keep: Option<&[f32]>) -> Self {
-        let kq = k.div_ceil(4);
+        Self::padded(x, m, k, keep, (MR, k.div_ceil(4)))
+    }
+
+    /// [`QuantX::new`] with the rows rounded up to a multiple of `mult`, `kq` words each.
+    fn padded(x: &[f32], m: usize, k: usize, keep: Option<&[f32]>, (mult, kq): (usize, usize)) -> Self {
         // The buffer of the previous call on this thread, zeroed: a fresh allocation of this size
         // would cost page faults on every call.
         let mut data = T::scratch().with_borrow_mut(std::mem::take);
         data.clear();
-        data.resize(m.next_multiple_of(MR) * kq * 4, T::default());
+        data.resize(m.next_multiple_of(mult) * kq * 4, T::default());
         let mut scale = vec![0f32; m];
         let mut zero = vec![0i32; m];
         data.par_chunks_mut((kq * 4).max(1))
@@ -332,8 +347,17 @@ pub fn matmul_add(x: &[f32], w: &QuantW, y: &mut [f32], ldc: usize) {
             // SAFETY: `has_avx2_int` held when `w` was packed (only then is it `Pairs`).
             unsafe { panel_matmul(&QuantX::<u16>::new(x, m, k, keep), w, panels, NR2, tile_avx2, y, ldc) }
         }
+        #[cfg(target_arch = "x86_64")]
+        WRepr::Tiles { data, kw } => {
+            let qx = QuantX::<u8>::padded(x, m, k, keep, (BLOCK, *kw));
+            // SAFETY: `amx::available` held when `w` was packed (only then is it `Tiles`); `qx`
+            // is padded to whole blocks of `kw` words, as the panels.
+            unsafe { tile_matmul(&qx, w, data, *kw, y, ldc) }
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        WRepr::Panels(_) | WRepr::Pairs(_) => unreachable!("int8: x86-64 panels on another CPU"),
+        WRepr::Panels(_) | WRepr::Pairs(_) | WRepr::Tiles { .. } => {
+            unreachable!("int8: x86-64 panels on another CPU")
+        }
     }
     if !outliers.is_empty() {
         y.par_chunks_mut(ldc).take(m).enumerate().with_min_len(MR).for_each(|(i, y)| {
@@ -396,6 +420,97 @@ unsafe fn panel_matmul<T: Quantum>(
             }
         }
     });
+}
+
+/// [`panel_matmul`] on AMX: `y += x W^T` by [`BLOCK`] x [`BLOCK`] blocks of `tdpbusd`, in
+/// parallel tasks of two block rows.
+///
+/// # Safety
+/// [`amx::available`] must hold; `qx` must hold its rows rounded up to [`BLOCK`], `4 kw` bytes
+/// each, and `panels` be `W` in panels of [`NR`] channels, `kw` words high.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tile_matmul(qx: &QuantX<u8>, w: &QuantW, panels: &[u32], kw: usize, y: &mut [f32], ldc: usize) {
+    const MB_AMX: usize = 2 * BLOCK;
+    let (m, n) = (qx.scale.len(), w.n);
+    y.par_chunks_mut(MB_AMX * ldc).enumerate().for_each(|(blk, y_rows)| {
+        let i0 = blk * MB_AMX;
+        let rows = MB_AMX.min(m - i0);
+        // SAFETY: the caller vouches for AMX.
+        let mut tiles = unsafe { Tiles::configure() };
+        let mut sums = [0u32; BLOCK * BLOCK];
+        for j0 in (0..n).step_by(BLOCK) {
+            let (q, h) = (j0 / NR, j0 % NR);
+            let cols = BLOCK.min(n - j0);
+            for g in (0..rows).step_by(BLOCK) {
+                let (i, rows) = (i0 + g, BLOCK.min(rows - g));
+                // SAFETY: `qx` holds its rows rounded up to BLOCK, `kw` words each (tile loads
+                // need no alignment: the bytes are read as words of four u8), so rows
+                // `i..i + BLOCK` are inside; panel `q` holds `kw` rows of NR words and columns
+                // `h..h + BLOCK` lie inside it (NR is a multiple of BLOCK). `store_block` writes
+                // rows `g..g + rows` and columns `j0..j0 + cols` of this task's rows of `y`; the
+                // per-row and per-channel vectors are read for rows `< rows`, channels `< cols`.
+                unsafe {
+                    tiles.block(
+                        Product::U8S8,
+                        kw,
+                        (qx.data.as_ptr().add(4 * i * kw).cast(), kw),
+                        (panels.as_ptr().add(q * kw * NR + h), NR),
+                        &mut sums,
+                    );
+                    store_block(
+                        &sums,
+                        y_rows.as_mut_ptr().add(g * ldc + j0),
+                        ldc,
+                        (rows, cols),
+                        (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
+                        (&w.scale[j0..j0 + cols], &w.colsum[j0..j0 + cols]),
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// `c[r, j] += sx[r] * sw[j] * (sums[r * BLOCK + j] - zx[r] * colsum[j])` for `r < rows`,
+/// `j < cols` (`sums` holds i32 bits).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `c` must be valid for reads and writes of `c[r * ldc + j]`
+/// (`r < rows <= BLOCK`, `j < cols <= BLOCK`), not accessed by another thread during the call;
+/// `sx`, `zx` must hold `rows` values and `sw`, `colsum` `cols`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_block(
+    sums: &[u32; BLOCK * BLOCK],
+    c: *mut f32,
+    ldc: usize,
+    (rows, cols): (usize, usize),
+    (sx, zx): (&[f32], &[i32]),
+    (sw, colsum): (&[f32], &[i32]),
+) {
+    use std::arch::x86_64::*;
+    for r in 0..rows {
+        let (s, z) = (_mm512_set1_ps(sx[r]), _mm512_set1_epi32(zx[r]));
+        for v in 0..BLOCK / 16 {
+            let left = cols.saturating_sub(v * 16);
+            if left == 0 {
+                break;
+            }
+            let m: __mmask16 = if left >= 16 { 0xffff } else { ((1u32 << left) - 1) as u16 };
+            // SAFETY: `sums` holds BLOCK x BLOCK words, read at row `r` columns `v * 16..+16`;
+            // `sw`, `colsum` and `c[r * ldc + v * 16 + lane]` are touched only for the lanes in
+            // `m`, i.e. columns `< cols`, with `r < rows`.
+            unsafe {
+                let acc = _mm512_loadu_si512(sums.as_ptr().add(r * BLOCK + v * 16).cast());
+                let sw = _mm512_maskz_loadu_ps(m, sw.as_ptr().wrapping_add(v * 16));
+                let cs = _mm512_maskz_loadu_epi32(m, colsum.as_ptr().wrapping_add(v * 16));
+                let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_mullo_epi32(z, cs)));
+                let dst = c.add(r * ldc + v * 16);
+                let val = _mm512_fmadd_ps(_mm512_mul_ps(exact, s), sw, _mm512_maskz_loadu_ps(m, dst));
+                _mm512_mask_storeu_ps(dst, m, val);
+            }
+        }
+    }
 }
 
 /// `x W^T + b` with the quantized `W` (`out x inp`).

@@ -14,6 +14,7 @@
 // `unsafe` block or impl a `// SAFETY:` comment that states what it relies on.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
+mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod dropout;

@@ -10,7 +10,10 @@
 //!   per-row u8 activations, s32 accumulation ([`super::int8`]); `vpdpbusd` with AVX512-VNNI,
 //!   else `vpmaddwd` with AVX2, else the same integer arithmetic in portable code.
 //!
-//! `EASYNLP_CPU_FEATURES=portable` forces the portable paths (for tests, or to compare).
+//! Where the CPU has AMX ([`super::amx`]), both run on its tiles (`tdpbf16ps`, `tdpbusd`).
+//!
+//! `EASYNLP_CPU_FEATURES=portable` forces the portable paths (for tests, or to compare);
+//! `EASYNLP_CPU_FEATURES=no-amx` keeps the AVX-512 kernels on an AMX CPU.
 //!
 //! Off the fused CPU kernels (on a GPU, or with `EASYNLP_KERNELS=portable`) `bf16` is autocast
 //! ([`AUTOCAST_PATH`], `super::linear::linear_in`): the encoder's dense-layer and attention
@@ -56,11 +59,13 @@ impl Precision {
         match self {
             Precision::F32 if cfg!(target_arch = "x86_64") && has_avx512() => "f32 AVX-512",
             Precision::F32 => "f32",
+            Precision::Bf16 if has_bf16() && super::amx::available() => "bf16 AMX (tdpbf16ps)",
             Precision::Bf16 if has_bf16() => "bf16 AVX512-BF16 (vdpbf16ps)",
             Precision::Bf16 if forced_portable() => {
                 "bf16 emulated (bf16 rounding, f32 products: EASYNLP_CPU_FEATURES=portable)"
             }
             Precision::Bf16 => "bf16 emulated (bf16 rounding, f32 products: this CPU lacks AVX512-BF16)",
+            Precision::Int8 if has_vnni() && super::amx::available() => "int8 AMX (tdpbusd)",
             Precision::Int8 if has_vnni() => "int8 AVX512-VNNI (vpdpbusd)",
             Precision::Int8 if has_avx2_int() => "int8 AVX2 (vpmaddwd; this CPU lacks AVX512-VNNI)",
             Precision::Int8 if forced_portable() => {

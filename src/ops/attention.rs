@@ -13,7 +13,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::dropout::{coord, mask_in_place, mask_into, mask_probs_in_place, mask_probs_into, DropoutSite};
-use super::{head_matmul, math, util};
+use super::{bf16, head_matmul, math, util};
 
 /// Attention context `[B, L, H]` from packed projections `qkv` `[B, L, 3H]` (query, key, value
 /// blocks of H columns, each split into `heads` heads) and an additive `mask_bias` `[B, L]`
@@ -28,7 +28,7 @@ pub fn fused_attention(qkv: &Tensor, mask_bias: &Tensor, heads: usize, dropout: 
     if mask_bias.dims() != [b, l] {
         bail!("fused_attention: mask_bias must be [{b}, {l}], got {:?}", mask_bias.dims());
     }
-    let op = Attention { heads, dropout: dropout.filter(|d| d.p > 0.0) };
+    let op = Attention { heads, dropout: dropout.filter(|d| d.p > 0.0), bf16: false };
     qkv.contiguous()?.apply_op2(&mask_bias.detach().contiguous()?, op)
 }
 
@@ -42,6 +42,11 @@ pub fn supported(qkv: &Tensor) -> bool {
 pub(crate) struct Attention {
     pub(crate) heads: usize,
     pub(crate) dropout: Option<DropoutSite>,
+    /// `--precision=bf16`: the operands of the four products (Q, K, V, the probabilities after
+    /// dropout, and in the backward the context gradient and the score gradient) are rounded to
+    /// bf16 first; the products of bf16 values are exact in f32 and accumulate in f32, as on a
+    /// bf16 dot-product instruction. The softmax and its gradient stay f32.
+    pub(crate) bf16: bool,
 }
 
 /// A raw pointer to an output buffer of `len` elements that the rayon tasks of one parallel loop
@@ -93,6 +98,22 @@ impl Geometry {
 }
 
 impl Attention {
+    /// `x` as an operand of the products: rounded to bf16 values when [`Self::bf16`].
+    fn operand<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        if self.bf16 {
+            std::borrow::Cow::Owned(bf16::rounded(x))
+        } else {
+            std::borrow::Cow::Borrowed(x)
+        }
+    }
+
+    /// Rounds `x` to bf16 values in place when [`Self::bf16`].
+    fn round_operand(&self, x: &mut [f32]) {
+        if self.bf16 {
+            bf16::round_in_place(x);
+        }
+    }
+
     fn geometry(&self, layout: &Layout) -> Result<Geometry> {
         let (b, l, h3) = layout.shape().dims3()?;
         Ok(Geometry::new(b, l, h3 / 3, self.heads))
@@ -119,12 +140,16 @@ impl Attention {
     pub(crate) fn grad(&self, qkv: &[f32], mask: &[f32], dctx: &[f32], g: &Geometry) -> Vec<f32> {
         self.check_sizes(g, qkv, mask);
         assert_eq!(dctx.len(), g.b * g.l * g.h, "attention grad: the context gradient must be [B, L, H]");
+        let (qkv, dctx) = (self.operand(qkv), self.operand(dctx));
+        let (qkv, dctx) = (&qkv[..], &dctx[..]);
         let (l, h3, dh) = (g.l, 3 * g.h, g.dh);
         let mut dqkv = vec![0f32; qkv.len()];
         let d_ptr = SharedPtr::new(&mut dqkv);
+        // With dropout, or in bf16 without it, the probabilities the products read are a copy.
+        let copy = self.dropout.is_some() || self.bf16;
         (0..g.b * self.heads).into_par_iter().for_each_init(
             || {
-                let pd = vec![0f32; if self.dropout.is_some() { l * l } else { 0 }];
+                let pd = vec![0f32; if copy { l * l } else { 0 }];
                 (vec![0f32; l * l], pd, vec![0f32; l * l], Vec::new())
             },
             |(p, pd, dp, kt), pair| {
@@ -140,7 +165,11 @@ impl Attention {
                 let dq = d_ptr.at(base + hi * dh);
                 let dk = d_ptr.at(base + g.h + hi * dh);
                 let dv = d_ptr.at(base + 2 * g.h + hi * dh);
-                let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
+                if self.dropout.is_none() && self.bf16 {
+                    pd.copy_from_slice(p);
+                }
+                self.round_operand(pd);
+                let probs = if copy { &pd[..] } else { &p[..] };
                 // SAFETY: (all four products) Q, K, V and dQ, dK, dV are the `L` rows of `dh`
                 // columns `hi * dh..(hi + 1) * dh` of block 0, 1, 2 of batch `bi` in qkv / dqkv
                 // (`3H` apart, in bounds as `check_sizes` passed: `(hi + 1) * dh <= H` and qkv,
@@ -158,6 +187,7 @@ impl Attention {
                     mask_probs_in_place(dp, site.row_seed(bi), hi, l, site.keep());
                 }
                 softmax_grad_rows(dp, p, l);
+                self.round_operand(dp);
                 // SAFETY: as above (dS is `dp`, this task's `L x L` buffer).
                 unsafe {
                     // dQ = dS K * scale; dK = dS^T Q * scale.
@@ -172,6 +202,8 @@ impl Attention {
     /// The context `[B, L, H]` of packed projections `qkv` `[B, L, 3H]` under `mask` `[B, L]`.
     pub(crate) fn context(&self, qkv: &[f32], mask: &[f32], g: &Geometry) -> Vec<f32> {
         self.check_sizes(g, qkv, mask);
+        let qkv = self.operand(qkv);
+        let qkv = &qkv[..];
         let (l, h3) = (g.l, 3 * g.h);
         let mut out = vec![0f32; g.b * l * g.h];
         let out_ptr = SharedPtr::new(&mut out);
@@ -182,7 +214,8 @@ impl Attention {
                 // SAFETY: `check_sizes` passed, `bi < B` and `hi < heads` (pair < B * heads), and
                 // `p` (and `pd` with dropout) hold `L x L` values.
                 unsafe { self.probs(g, qkv, mask, (bi, hi), p, pd, kt) };
-                let probs = if self.dropout.is_some() { &pd[..] } else { &p[..] };
+                let probs = if self.dropout.is_some() { &mut pd[..] } else { &mut p[..] };
+                self.round_operand(probs);
                 let v = qkv[bi * l * h3 + 2 * g.h + hi * g.dh..].as_ptr();
                 let dst = out_ptr.at(bi * l * g.h + hi * g.dh);
                 // C = P V, written into columns [hi*dh, (hi+1)*dh) of the context rows.
@@ -229,6 +262,8 @@ impl Attention {
         g: &Geometry,
     ) -> (Vec<f32>, Vec<f32>) {
         let (l, h, dh, heads) = (g.l, g.h, g.dh, self.heads);
+        let (q, kv) = (self.operand(q), self.operand(kv));
+        let (q, kv) = (&q[..], &kv[..]);
         let mut out = vec![0f32; g.b * h];
         let mut probs = vec![0f32; g.b * heads * l];
         out.par_chunks_mut(h).zip(probs.par_chunks_mut(heads * l)).enumerate().for_each_init(
@@ -244,6 +279,11 @@ impl Attention {
                     let p = match &self.dropout {
                         Some(site) => {
                             mask_into(dropped, p, site.row_seed(bi), coord(&[hi, 0, 0]), site.keep());
+                            self.round_operand(dropped);
+                            &dropped[..]
+                        }
+                        None if self.bf16 => {
+                            bf16::round_into(dropped, p);
                             &dropped[..]
                         }
                         None => &p[..],
@@ -271,6 +311,8 @@ impl Attention {
         g: &Geometry,
     ) -> (Vec<f32>, Vec<f32>) {
         let (l, h, dh, heads) = (g.l, g.h, g.dh, self.heads);
+        let (q, kv, dctx) = (self.operand(q), self.operand(kv), self.operand(dctx));
+        let (q, kv, dctx) = (&q[..], &kv[..], &dctx[..]);
         let mut dq = vec![0f32; g.b * h];
         let mut dkv = vec![0f32; kv.len()];
         dq.par_chunks_mut(h).zip(dkv.par_chunks_mut(l * 2 * h)).enumerate().for_each_init(
@@ -284,6 +326,11 @@ impl Attention {
                     let pd = match &self.dropout {
                         Some(site) => {
                             mask_into(dropped, p, site.row_seed(bi), base, site.keep());
+                            self.round_operand(dropped);
+                            &dropped[..]
+                        }
+                        None if self.bf16 => {
+                            bf16::round_into(dropped, p);
                             &dropped[..]
                         }
                         None => p,
@@ -299,6 +346,7 @@ impl Attention {
                         mask_in_place(ds, site.row_seed(bi), base, site.keep());
                     }
                     softmax_grad_rows(ds, p, l);
+                    self.round_operand(ds);
                     // dQ = scale sum_j dS_j K_j; dK_j = scale dS_j Q.
                     let dq = &mut dq[cols.clone()];
                     for (j, (dkv, key)) in dkv.chunks_exact_mut(2 * h).zip(kv.chunks_exact(2 * h)).enumerate() {
@@ -459,10 +507,71 @@ mod tests {
         assert_eq!(ctx.dims(), [2, 4, 0]);
     }
 
+    /// bf16 attention: the context stays within a bf16 bound of the exact (f64, unrounded)
+    /// attention, and differs from the f32 kernels' context (the operands were rounded); its
+    /// query gradient likewise against the f32 gradient.
+    #[test]
+    fn bf16_attention_rounds_its_operands_within_a_bf16_bound() {
+        let (b, l, h, heads) = (2, 7, 64, 2);
+        let g = super::Geometry::new(b, l, h, heads);
+        let dh = h / heads;
+        let mut state = 0x9e37_79b9_u64;
+        let mut value = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        let qkv: Vec<f32> = (0..b * l * 3 * h).map(|_| value()).collect();
+        let dctx: Vec<f32> = (0..b * l * h).map(|_| value()).collect();
+        let mut mask = vec![0f32; b * l];
+        mask[l - 1] = -10000.0;
+        let f32_op = super::Attention { heads, dropout: None, bf16: false };
+        let bf16_op = super::Attention { bf16: true, ..f32_op.clone() };
+        let (ctx32, ctx16) = (f32_op.context(&qkv, &mask, &g), bf16_op.context(&qkv, &mask, &g));
+        let u = 2f64.powi(-8);
+        let mut differs = 0;
+        for bi in 0..b {
+            for hi in 0..heads {
+                let at = |i: usize, part: usize, d: usize| qkv[(bi * l + i) * 3 * h + part * h + hi * dh + d] as f64;
+                for i in 0..l {
+                    let s: Vec<f64> = (0..l)
+                        .map(|j| {
+                            (0..dh).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f64>() * g.scale as f64
+                                + mask[bi * l + j] as f64
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let p: Vec<f64> = e.iter().map(|x| x / e.iter().sum::<f64>()).collect();
+                    let qk: f64 = (0..dh).map(|d| at(i, 0, d).abs()).sum::<f64>() * 2.0 * g.scale as f64;
+                    for d in 0..dh {
+                        let exact: f64 = (0..l).map(|j| p[j] * at(j, 2, d)).sum();
+                        let pv: f64 = (0..l).map(|j| p[j] * at(j, 2, d).abs()).sum();
+                        // Rounding V and P (u each), and Q, K moving each score by u |q| |k|
+                        // (then through the softmax, at most twice that relative).
+                        let bound = pv * (2.0 * u + 2.0 * u * qk) * 1.5 + 1e-6;
+                        let o = (bi * l + i) * h + hi * dh + d;
+                        let err = (ctx16[o] as f64 - exact).abs();
+                        assert!(
+                            err <= bound,
+                            "({bi},{hi},{i},{d}): {} vs {exact}, error {err:e} > {bound:e}",
+                            ctx16[o]
+                        );
+                        differs += usize::from((ctx16[o] - ctx32[o]).abs() > 1e-6 * (1.0 + pv as f32));
+                    }
+                }
+            }
+        }
+        assert!(differs > b * l * h / 2, "only {differs} of {} values differ from f32", b * l * h);
+        let (g32, g16) = (f32_op.grad(&qkv, &mask, &dctx, &g), bf16_op.grad(&qkv, &mask, &dctx, &g));
+        let scale = g32.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = g32.iter().zip(&g16).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst > 0.0 && worst < 0.05 * scale, "bf16 gradient off by {worst} (largest {scale})");
+    }
+
     #[test]
     #[should_panic(expected = "do not fit")]
     fn context_checks_sizes() {
-        let attention = super::Attention { heads: 2, dropout: None };
+        let attention = super::Attention { heads: 2, dropout: None, bf16: false };
         let g = super::Geometry::new(1, 4, 8, 2);
         // One row short of [1, 4, 24].
         attention.context(&[0.0; 3 * 24], &[0.0; 4], &g);

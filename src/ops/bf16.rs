@@ -109,11 +109,27 @@ impl<'a> View<'a> {
 
 util::simd_fn! {
     /// `dst[i] = round(src[i])`.
-    fn round_into(dst: &mut [f32], src: &[f32]) {
+    pub(crate) fn round_into(dst: &mut [f32], src: &[f32]) {
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = round(s);
         }
     }
+}
+
+util::simd_fn! {
+    /// `x[i] = round(x[i])`.
+    pub(crate) fn round_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = round(*v);
+        }
+    }
+}
+
+/// `x` rounded to bf16 values (as f32), in parallel.
+pub(crate) fn rounded(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(o, x)| round_into(o, x));
+    out
 }
 
 util::simd_fn! {

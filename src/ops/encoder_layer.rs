@@ -497,7 +497,11 @@ impl EncoderLayer {
     }
 
     pub(super) fn attention(&self) -> Attention {
-        Attention { heads: self.heads, dropout: self.dropout.attn_probs.clone().filter(|d| d.p > 0.0) }
+        Attention {
+            heads: self.heads,
+            dropout: self.dropout.attn_probs.clone().filter(|d| d.p > 0.0),
+            bf16: self.precision.precision == Precision::Bf16,
+        }
     }
 }
 

@@ -2,10 +2,11 @@
 //! picked for it on this CPU at run time.
 //!
 //! - `f32`: every product in f32 (the `gemm` crate and the AVX-512 kernels of `head_matmul`).
-//! - `bf16`: the dense layers' products (forward and backward) take bf16 inputs, rounded to
-//!   nearest even, and accumulate in f32; everything else stays f32. With AVX512-BF16 they run on
-//!   `vdpbf16ps` ([`super::bf16`]); otherwise the same rounding is applied and the products run
-//!   in f32 (emulated: the same numbers, no speed-up).
+//! - `bf16`: the encoder's products (forward and backward) take bf16 inputs, rounded to nearest
+//!   even, and accumulate in f32; everything else stays f32. The dense layers run on AMX tiles or
+//!   AVX512-BF16 `vdpbf16ps` ([`super::bf16`]); otherwise the same rounding is applied and the
+//!   products run in f32 (emulated: the same numbers, no speed-up). The attention products round
+//!   their operands and multiply in the f32 per-head kernels (exact products of bf16 values).
 //! - `int8` (inference only): dense layers with per-output-channel symmetric s8 weights and
 //!   per-row u8 activations, s32 accumulation ([`super::int8`]); `vpdpbusd` with AVX512-VNNI,
 //!   else `vpmaddwd` with AVX2, else the same integer arithmetic in portable code.

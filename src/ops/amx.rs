@@ -179,6 +179,60 @@ impl Tiles {
     }
 }
 
+/// `C (+)= A B` block by block on the tiles: for every [`BLOCK`] x [`BLOCK`] block of the `m x n`
+/// result `c` (rows `ldc` apart), the `kw`-word sums of [`Tiles::block`] from `A`'s rows
+/// `i..i + BLOCK` (`a_rows(i)`, `kw` words each) and `B`'s panel columns, then
+/// `store(sums, dst, (i, j0), (rows, cols))` with `dst` pointing at `c[i * ldc + j0]` and the
+/// block's rows and columns inside `m x n`. Parallel over tasks of two block rows.
+///
+/// # Safety
+/// [`available`] must have returned true; `a_rows(i)` (`i` a multiple of [`BLOCK`] below `m`)
+/// must be valid for reads of `BLOCK` rows of `kw` words `kw` apart; `panels` must hold `B` in
+/// panels of `nr` columns (a multiple of [`BLOCK`]), `kw` rows of `nr` words each, for all `n`
+/// columns; `c` must hold `(m - 1) * ldc + n` values with `n <= ldc`. `store` may write only the
+/// `rows x cols` block at `dst` (rows `ldc` apart).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::type_complexity)]
+pub(crate) unsafe fn gemm_blocks(
+    product: Product,
+    kw: usize,
+    a_rows: impl Fn(usize) -> *const u32 + Sync,
+    (panels, nr): (&[u32], usize),
+    (c, ldc): (&mut [f32], usize),
+    (m, n): (usize, usize),
+    store: impl Fn(&[u32; BLOCK * BLOCK], *mut f32, (usize, usize), (usize, usize)) + Sync,
+) {
+    use rayon::prelude::*;
+    const TASK_ROWS: usize = 2 * BLOCK;
+    c.par_chunks_mut(TASK_ROWS * ldc).enumerate().for_each(|(task, c_rows)| {
+        let i0 = task * TASK_ROWS;
+        let task_rows = TASK_ROWS.min(m - i0);
+        // SAFETY: AMX is available (the caller's promise).
+        let mut tiles = unsafe { Tiles::configure() };
+        let mut sums = [0u32; BLOCK * BLOCK];
+        for j0 in (0..n).step_by(BLOCK) {
+            let (q, h) = (j0 / nr, j0 % nr);
+            let cols = BLOCK.min(n - j0);
+            for g in (0..task_rows).step_by(BLOCK) {
+                // SAFETY: `a_rows(i0 + g)` is valid for BLOCK rows of `kw` words (contract);
+                // panel `q` holds `kw` rows of `nr` words and columns `h..h + BLOCK` lie inside
+                // it (`nr` is a multiple of BLOCK); `dst` is row `g`, column `j0` of this task's
+                // own rows of `c`, and `store` writes only the block's `rows x cols` there.
+                unsafe {
+                    tiles.block(
+                        product,
+                        kw,
+                        (a_rows(i0 + g), kw),
+                        (panels.as_ptr().add(q * kw * nr + h), nr),
+                        &mut sums,
+                    );
+                    store(&sums, c_rows.as_mut_ptr().add(g * ldc + j0), (i0 + g, j0), (BLOCK.min(task_rows - g), cols));
+                }
+            }
+        }
+    });
+}
+
 #[cfg(target_arch = "x86_64")]
 impl Drop for Tiles {
     fn drop(&mut self) {

@@ -11,7 +11,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::amx::{self, Product, Tiles, BLOCK, STEP};
+use super::amx::{self, Product, BLOCK, STEP};
 use super::util;
 
 /// Rows of the register tile.
@@ -22,8 +22,6 @@ pub(crate) const NR: usize = 64;
 const KCP: usize = 128;
 /// Rows of `C` per parallel task.
 const MB: usize = 16 * MR;
-/// Rows of `C` per parallel task on AMX.
-const MB_AMX: usize = 2 * BLOCK;
 
 /// f32 to bf16 bits, rounded to nearest even; NaN stays a (quiet) NaN.
 #[inline(always)]
@@ -406,42 +404,21 @@ pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, accumulate: boo
         #[cfg(target_arch = "x86_64")]
         (ARepr::Tiles { data, kw }, BRepr::Panels { data: panels, kw: kwb }) => {
             assert_eq!(kw, kwb, "bf16::gemm: A and B padded differently");
-            c.par_chunks_mut(MB_AMX * ldc).enumerate().for_each(|(blk, c_rows)| {
-                let i0 = blk * MB_AMX;
-                let rows = MB_AMX.min(m - i0);
-                // SAFETY: `amx::available` held when the operands were packed (only then are
-                // they `Tiles`).
-                let mut tiles = unsafe { Tiles::configure() };
-                let mut sums = [0u32; BLOCK * BLOCK];
-                for j0 in (0..n).step_by(BLOCK) {
-                    let (q, h) = (j0 / NR, j0 % NR);
-                    let cols = BLOCK.min(n - j0);
-                    for g in (0..rows).step_by(BLOCK) {
-                        // SAFETY: A holds its rows rounded up to BLOCK, `kw` words each, so rows
-                        // `i0 + g..+BLOCK` are inside; panel `q` holds `kw` rows of NR words and
-                        // columns `h..h + BLOCK` lie inside it (NR is a multiple of BLOCK).
-                        // `store_block` writes rows `g..g + min(BLOCK, rows - g)` and columns
-                        // `j0..j0 + cols` of this task's rows of `c`, which it holds.
-                        unsafe {
-                            tiles.block(
-                                Product::Bf16,
-                                *kw,
-                                (data.as_ptr().add((i0 + g) * kw), *kw),
-                                (panels.as_ptr().add(q * kw * NR + h), NR),
-                                &mut sums,
-                            );
-                            store_block(
-                                &sums,
-                                c_rows.as_mut_ptr().add(g * ldc + j0),
-                                ldc,
-                                (BLOCK.min(rows - g), cols),
-                                alpha,
-                                accumulate,
-                            );
-                        }
-                    }
-                }
-            });
+            // SAFETY: `amx::available` held when the operands were packed (only then are they
+            // `Tiles`); A holds its rows rounded up to BLOCK, `kw` words each; the panels are
+            // NR (a multiple of BLOCK) wide and `kw` high; `c` holds `m` rows `ldc` apart
+            // (asserted). The store writes the `rows x cols` block it is given.
+            unsafe {
+                amx::gemm_blocks(
+                    Product::Bf16,
+                    *kw,
+                    |i| data[i * kw..].as_ptr(),
+                    (panels, NR),
+                    (c, ldc),
+                    (m, n),
+                    |sums, dst, _, dims| store_block(sums, dst, ldc, dims, alpha, accumulate),
+                )
+            };
         }
         _ => unreachable!("bf16::gemm: operands packed for different kernel paths"),
     }

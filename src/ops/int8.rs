@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::amx::{self, Product, Tiles, BLOCK, STEP};
+use super::amx::{self, Product, BLOCK, STEP};
 use super::util;
 
 /// Rows of the register tile.
@@ -422,53 +422,37 @@ unsafe fn panel_matmul<T: Quantum>(
     });
 }
 
-/// [`panel_matmul`] on AMX: `y += x W^T` by [`BLOCK`] x [`BLOCK`] blocks of `tdpbusd`, in
-/// parallel tasks of two block rows.
+/// [`panel_matmul`] on AMX: `y += x W^T` by [`BLOCK`] x [`BLOCK`] blocks of `tdpbusd`.
 ///
 /// # Safety
 /// [`amx::available`] must hold; `qx` must hold its rows rounded up to [`BLOCK`], `4 kw` bytes
 /// each, and `panels` be `W` in panels of [`NR`] channels, `kw` words high.
 #[cfg(target_arch = "x86_64")]
 unsafe fn tile_matmul(qx: &QuantX<u8>, w: &QuantW, panels: &[u32], kw: usize, y: &mut [f32], ldc: usize) {
-    const MB_AMX: usize = 2 * BLOCK;
     let (m, n) = (qx.scale.len(), w.n);
-    y.par_chunks_mut(MB_AMX * ldc).enumerate().for_each(|(blk, y_rows)| {
-        let i0 = blk * MB_AMX;
-        let rows = MB_AMX.min(m - i0);
-        // SAFETY: the caller vouches for AMX.
-        let mut tiles = unsafe { Tiles::configure() };
-        let mut sums = [0u32; BLOCK * BLOCK];
-        for j0 in (0..n).step_by(BLOCK) {
-            let (q, h) = (j0 / NR, j0 % NR);
-            let cols = BLOCK.min(n - j0);
-            for g in (0..rows).step_by(BLOCK) {
-                let (i, rows) = (i0 + g, BLOCK.min(rows - g));
-                // SAFETY: `qx` holds its rows rounded up to BLOCK, `kw` words each (tile loads
-                // need no alignment: the bytes are read as words of four u8), so rows
-                // `i..i + BLOCK` are inside; panel `q` holds `kw` rows of NR words and columns
-                // `h..h + BLOCK` lie inside it (NR is a multiple of BLOCK). `store_block` writes
-                // rows `g..g + rows` and columns `j0..j0 + cols` of this task's rows of `y`; the
-                // per-row and per-channel vectors are read for rows `< rows`, channels `< cols`.
-                unsafe {
-                    tiles.block(
-                        Product::U8S8,
-                        kw,
-                        (qx.data.as_ptr().add(4 * i * kw).cast(), kw),
-                        (panels.as_ptr().add(q * kw * NR + h), NR),
-                        &mut sums,
-                    );
-                    store_block(
-                        &sums,
-                        y_rows.as_mut_ptr().add(g * ldc + j0),
-                        ldc,
-                        (rows, cols),
-                        (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
-                        (&w.scale[j0..j0 + cols], &w.colsum[j0..j0 + cols]),
-                    );
-                }
-            }
-        }
-    });
+    // SAFETY: the caller vouches for AMX and the padding; tile loads need no alignment, so the
+    // bytes of a row are read as words of four u8. The store writes the `rows x cols` block it
+    // is given and reads the per-row and per-channel vectors for those rows and channels.
+    unsafe {
+        amx::gemm_blocks(
+            Product::U8S8,
+            kw,
+            |i| qx.data[4 * i * kw..].as_ptr().cast(),
+            (panels, NR),
+            (y, ldc),
+            (m, n),
+            |sums, dst, (i, j0), (rows, cols)| {
+                store_block(
+                    sums,
+                    dst,
+                    ldc,
+                    (rows, cols),
+                    (&qx.scale[i..i + rows], &qx.zero[i..i + rows]),
+                    (&w.scale[j0..j0 + cols], &w.colsum[j0..j0 + cols]),
+                )
+            },
+        )
+    }
 }
 
 /// `c[r, j] += sx[r] * sw[j] * (sums[r * BLOCK + j] - zx[r] * colsum[j])` for `r < rows`,

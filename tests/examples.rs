@@ -129,8 +129,8 @@ fn metakd_pipeline_example_runs() {
 }
 
 /// The KD sweep on a tiny slice: a teacher, two settings of students (no KD over two seeds, two
-/// KD cells, the best cell's second seed), a report with a heatmap for each; run again, it
-/// skips every finished run.
+/// KD cells, the best cell's second seed; two students at a time), a report with a heatmap for
+/// each; run again, it skips every finished run.
 #[test]
 fn kd_sweep_example_runs_and_resumes() {
     let Some(shared) = common::shared_dir("kd_sweep.sh") else { return };
@@ -145,6 +145,7 @@ fn kd_sweep_example_runs_and_resumes() {
             .envs([("ROWS", "32"), ("DEV_ROWS", "16"), ("SMALL_ROWS", "16"), ("TEMPERATURES", "1 5")])
             .envs([("ALPHAS", "0.5"), ("SEEDS", "1 2"), ("TEACHER_EPOCHS", "1"), ("EPOCHS", "1")])
             .envs([("SEQ_LEN", "32"), ("BATCH", "8"), ("SAVE_STEPS", "2"), ("LOGGING_STEPS", "1")])
+            .env("JOBS", "2")
             .output()
             .unwrap();
         let log = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

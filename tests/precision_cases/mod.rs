@@ -136,8 +136,8 @@ pub fn int8_linear_matches_f64() {
     }
 }
 
-/// Columns of the activations holding a value of magnitude above 6 are multiplied in f32
-/// (`int8::OUTLIER`): the other values of their rows keep the quantization step of their own range,
+/// Columns of the activations holding a value of magnitude above `int8::OUTLIER` (4) are
+/// multiplied in f32: the other values of their rows keep the quantization step of their own range,
 /// so the bound of [`int8_linear_matches_f64`] holds with the outlier columns left out of the
 /// ranges and of the quantization terms. (With them in, a value of 60 would widen the step
 /// twenty-fold and the bound would fail.)

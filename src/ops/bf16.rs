@@ -435,12 +435,7 @@ pub fn linear_forward(x: &[f32], w_t: &PackedB, b: &[f32]) -> Vec<f32> {
         b.len()
     );
     let a = PackedA::pack(View::rows(x, rows, inp));
-    let mut y = vec![0f32; rows * out];
-    y.par_chunks_mut(out * 64).for_each(|blk| {
-        for row in blk.chunks_mut(out) {
-            row.copy_from_slice(b);
-        }
-    });
+    let mut y = b.repeat(rows);
     gemm(&a, w_t, &mut y, out, true, 1.0);
     y
 }

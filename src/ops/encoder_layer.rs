@@ -354,10 +354,7 @@ impl EncoderLayer {
         let h = self.h;
         let Some(low) = low else { return linear::forward(x, p.qkv_w, p.qkv_b, 3 * h, h) };
         let rows = x.len() / h;
-        let mut y = vec![0f32; rows * 3 * h];
-        for row in y.chunks_mut(3 * h) {
-            row.copy_from_slice(p.qkv_b);
-        }
+        let mut y = p.qkv_b.repeat(rows);
         low.q.add_into(x, &mut y, 3 * h);
         low.kv.add_into(x, &mut y[h..], 3 * h);
         y

@@ -145,11 +145,11 @@ impl<T: Quantum> QuantX<T> {
 
     /// [`QuantX::new`] with the rows rounded up to a multiple of `mult`, `kq` words each.
     fn padded(x: &[f32], m: usize, k: usize, keep: Option<&[f32]>, (mult, kq): (usize, usize)) -> Self {
-        // The buffer of the previous call on this thread, zeroed: a fresh allocation of this size
-        // would cost page faults on every call.
+        // The buffer of the previous call on this thread: a fresh allocation of this size would
+        // cost page faults on every call. Every value is written below (padding as zeros).
         let mut data = T::scratch().with_borrow_mut(std::mem::take);
-        data.clear();
         data.resize(m.next_multiple_of(mult) * kq * 4, T::default());
+        data[m * kq * 4..].fill(T::default());
         let mut scale = vec![0f32; m];
         let mut zero = vec![0i32; m];
         data.par_chunks_mut((kq * 4).max(1))
@@ -158,6 +158,7 @@ impl<T: Quantum> QuantX<T> {
             .enumerate()
             .for_each(|(i, (q, (s, z)))| {
                 let (sc, zp) = T::quantize_row(&x[i * k..(i + 1) * k], keep, q);
+                q[k..].fill(T::default());
                 (*s, *z) = (sc, zp);
             });
         QuantX { data, scale, zero }
@@ -210,11 +211,16 @@ fn row_scale(row: impl Iterator<Item = f32>) -> (f32, f32) {
     (scale, (-lo / scale).round().clamp(0.0, 255.0))
 }
 
+/// Adding this to a value in `0..=255` rounds it to an integer (ties to even) held in the low bits
+/// of the sum's mantissa: a conversion without the float-to-int instructions, which the compiler
+/// leaves unvectorized because of Rust's saturating `as` semantics.
+const ROUND: f32 = 12_582_912.0;
+
 /// Quantizes `row` (times `keep`, where given) into `q`: `round(v / scale) + zero`, clamped to
-/// `0..=255`; returns the scale and zero point.
+/// `0..=255` (NaN to 0); returns the scale and zero point.
 #[inline(always)]
-fn quantize_into<T>(row: &[f32], keep: Option<&[f32]>, q: &mut [T], to: impl Fn(f32) -> T) -> (f32, i32) {
-    let quantize = |v: f32, inv: f32, zero: f32| to((v * inv + zero).round_ties_even().clamp(0.0, 255.0));
+fn quantize_into<T>(row: &[f32], keep: Option<&[f32]>, q: &mut [T], to: impl Fn(u8) -> T) -> (f32, i32) {
+    let quantize = |v: f32, inv: f32, zero: f32| to(((v * inv + zero).max(0.0).min(255.0) + ROUND).to_bits() as u8);
     match keep {
         None => {
             let (scale, zero) = row_scale(row.iter().copied());
@@ -238,14 +244,14 @@ fn quantize_into<T>(row: &[f32], keep: Option<&[f32]>, q: &mut [T], to: impl Fn(
 util::simd_fn! {
     /// Quantizes `row` into `q` (u8 with a zero point); returns the scale and zero point.
     fn quantize_row_u8(row: &[f32], keep: Option<&[f32]>, q: &mut [u8]) -> (f32, i32) {
-        quantize_into(row, keep, q, |v| v as u8)
+        quantize_into(row, keep, q, |v| v)
     }
 }
 
 util::simd_fn! {
     /// [`quantize_row_u8`] with the values widened to u16.
     fn quantize_row_u16(row: &[f32], keep: Option<&[f32]>, q: &mut [u16]) -> (f32, i32) {
-        quantize_into(row, keep, q, |v| v as u16)
+        quantize_into(row, keep, q, u16::from)
     }
 }
 
@@ -505,10 +511,7 @@ pub fn linear_forward(x: &[f32], w: &QuantW, b: &[f32]) -> Vec<f32> {
     let out = w.n;
     assert_eq!(b.len(), out, "int8::linear_forward: bias of {} values for {out} channels", b.len());
     let rows = x.len() / w.k.max(1);
-    let mut y = vec![0f32; rows * out];
-    for row in y.chunks_mut(out) {
-        row.copy_from_slice(b);
-    }
+    let mut y = b.repeat(rows);
     matmul_add(x, w, &mut y, out);
     y
 }

@@ -219,6 +219,7 @@ const ROUND: f32 = 12_582_912.0;
 /// Quantizes `row` (times `keep`, where given) into `q`: `round(v / scale) + zero`, clamped to
 /// `0..=255` (NaN to 0); returns the scale and zero point.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // `max` then `min` send NaN to 0, where `clamp` would keep it
 fn quantize_into<T>(row: &[f32], keep: Option<&[f32]>, q: &mut [T], to: impl Fn(u8) -> T) -> (f32, i32) {
     let quantize = |v: f32, inv: f32, zero: f32| to(((v * inv + zero).max(0.0).min(255.0) + ROUND).to_bits() as u8);
     match keep {
@@ -643,5 +644,25 @@ unsafe fn tile_avx2(
             // SAFETY: `r < rows` and `j < cols`: inside the tile the caller lent.
             unsafe { *c.add(r * ldc + j) += o };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row spanning 0..=255 has scale 1 and zero point 0: its values quantize to themselves
+    /// rounded half to even, NaN to 0, the same as u8 and as u16.
+    #[test]
+    fn activations_round_half_to_even() {
+        let row = [0.0, 255.0, 0.5, 1.5, 2.5, 254.5, f32::NAN, 127.49, 127.51, 3.0];
+        let want = [0u8, 255, 0, 2, 2, 254, 0, 127, 128, 3];
+        let mut q = [9u8; 10];
+        assert_eq!(quantize_row_u8(&row, None, &mut q), (1.0, 0));
+        assert_eq!(q, want);
+        let mut q16 = [9u16; 10];
+        let keep = [1f32; 10];
+        assert_eq!(quantize_row_u16(&row, Some(&keep), &mut q16), (1.0, 0));
+        assert_eq!(q16, want.map(u16::from));
     }
 }

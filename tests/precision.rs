@@ -40,15 +40,8 @@ fn bf16_training_gradients_match_f32() {
 #[test]
 fn the_log_names_the_kernel_path() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = common::tiny_bert(&tmp.path().join("bert"), 1, true);
-    let ckpt = tmp.path().join("ckpt");
-    let mut args = common::sentiment_train_args(&model, &ckpt);
-    args.push("--use_amp".into());
-    let out = common::easynlp_owned(&args);
-    let err = common::stderr(&out);
-    assert!(out.status.success(), "{err}");
+    let (ckpt, _) = precision_cases::amp_training_logs_kernel_path(tmp.path());
     let path = easynlp::ops::Precision::Bf16.kernel_path();
-    assert!(err.contains(&format!("Precision bf16: kernel path {path}")), "{err}");
     // Where the CPU has AMX (and nothing turned it off), the tiles are used.
     let amx =
         std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_bf16") && c.contains(" amx_tile"));

@@ -23,12 +23,5 @@ fn avx512_paths_compute_the_same_on_an_amx_cpu() {
     precision_cases::bf16_gradients_match_f32("no-amx: bf16_gradients_match_f32");
 
     let tmp = tempfile::tempdir().unwrap();
-    let model = common::tiny_bert(&tmp.path().join("bert"), 1, true);
-    let ckpt = tmp.path().join("ckpt");
-    let mut args = common::sentiment_train_args(&model, &ckpt);
-    args.push("--use_amp".into());
-    let out = common::easynlp_owned(&args);
-    let err = common::stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains(&format!("Precision bf16: kernel path {}", Precision::Bf16.kernel_path())), "{err}");
+    precision_cases::amp_training_logs_kernel_path(tmp.path());
 }

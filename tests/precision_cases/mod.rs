@@ -323,3 +323,17 @@ pub fn bf16_gradients_match_f32(test: &str) {
     eprintln!("bf16 gradients: worst relative error {worst:.4}");
     assert!(worst > 0.0, "bf16 gradients are identical to f32: the bf16 path did not run");
 }
+
+/// Trains a one-layer tiny BERT with `--use_amp` into `dir/ckpt`, asserting that it succeeds and
+/// logs the kernel path of this CPU; returns the checkpoint folder and the log.
+pub fn amp_training_logs_kernel_path(dir: &Path) -> (std::path::PathBuf, String) {
+    let model = crate::common::tiny_bert(&dir.join("bert"), 1, true);
+    let ckpt = dir.join("ckpt");
+    let mut args = crate::common::sentiment_train_args(&model, &ckpt);
+    args.push("--use_amp".into());
+    let out = crate::common::easynlp_owned(&args);
+    let err = crate::common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("Precision bf16: kernel path {}", Precision::Bf16.kernel_path())), "{err}");
+    (ckpt, err)
+}
